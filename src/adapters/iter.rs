@@ -1,0 +1,85 @@
+//! A source over any iterator: vectors, ranges, generators.
+
+use std::future::Future;
+
+use crate::error::{Error, Result};
+use crate::source::{Boundedness, Source, SourceBatch};
+
+/// A bounded source over an iterator. Its position is the number of records
+/// consumed, so a fresh `IterSource` over the same data resumes by skipping.
+///
+/// ```
+/// use batchstream::{Source, adapters::IterSource};
+/// # futures::executor::block_on(async {
+/// let mut s = IterSource::new(vec!["a", "b", "c"]);
+/// s.seek(1).await.unwrap();
+/// let b = s.next_batch(10).await.unwrap().unwrap();
+/// assert_eq!(b.records, vec!["b", "c"]);
+/// assert_eq!(b.position, 3);
+/// assert!(s.next_batch(10).await.unwrap().is_none());
+/// # });
+/// ```
+#[derive(Debug)]
+pub struct IterSource<I> {
+    iter: I,
+    consumed: u64,
+}
+
+impl<I: Iterator> IterSource<I> {
+    /// A source yielding the items of `iter`.
+    pub fn new(iter: impl IntoIterator<IntoIter = I>) -> Self {
+        IterSource {
+            iter: iter.into_iter(),
+            consumed: 0,
+        }
+    }
+}
+
+impl<I> Source for IterSource<I>
+where
+    I: Iterator + Send,
+    I::Item: Send + 'static,
+{
+    type Item = I::Item;
+    type Position = u64;
+
+    fn boundedness(&self) -> Boundedness {
+        Boundedness::Bounded
+    }
+
+    fn next_batch(
+        &mut self,
+        max: usize,
+    ) -> impl Future<Output = Result<Option<SourceBatch<I::Item, u64>>>> + Send {
+        let records: Vec<I::Item> = self.iter.by_ref().take(max).collect();
+        self.consumed += records.len() as u64;
+        let out = if records.is_empty() {
+            None
+        } else {
+            Some(SourceBatch::new(records, self.consumed))
+        };
+        std::future::ready(Ok(out))
+    }
+
+    fn seek(&mut self, position: u64) -> impl Future<Output = Result<()>> + Send {
+        let r = if position < self.consumed {
+            Err(Error::source(format!(
+                "iterator source cannot seek back to {position}: {} records already consumed",
+                self.consumed
+            )))
+        } else {
+            let skip = position - self.consumed;
+            let skipped = self.iter.by_ref().take(skip as usize).count() as u64;
+            self.consumed += skipped;
+            if skipped < skip {
+                Err(Error::source(format!(
+                    "iterator source cannot seek to {position}: it has only {} records",
+                    self.consumed
+                )))
+            } else {
+                Ok(())
+            }
+        };
+        std::future::ready(r)
+    }
+}

@@ -1,0 +1,21 @@
+//! Adapters: ready-made sources and sinks.
+//!
+//! | adapter | kind | notes |
+//! |---|---|---|
+//! | [`IterSource`] | source, bounded | any iterator; position = records consumed |
+//! | [`CollectSink`] | sink, at-least-once | appends to a shared `Vec` |
+//! | [`UpsertSink`] | sink, idempotent | last value per key |
+//! | [`ChannelSource`] / [`ChannelSink`] | tokio mpsc | |
+//! | [`StreamSource`] / [`FuturesSink`] | `futures` bridges | |
+//! | [`file`] | NDJSON and CSV files | byte-offset positions, tail mode |
+
+mod channel;
+mod collect;
+pub mod file;
+mod iter;
+mod stream;
+
+pub use channel::{ChannelSink, ChannelSource};
+pub use collect::{CollectSink, Collected, UpsertSink, UpsertTable};
+pub use iter::IterSource;
+pub use stream::{FuturesSink, StreamSource};

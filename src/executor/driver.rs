@@ -1,0 +1,234 @@
+//! The driver all executors share: process a batch, end an epoch, checkpoint.
+//!
+//! Checkpoint order (the invariant every executor inherits):
+//! sink flush → dead-letter flush → sink prepare → save checkpoint → sink commit →
+//! source ack.
+
+use std::time::Instant;
+
+use crate::checkpoint::{BoxCheckpointStore, Checkpoint, CheckpointStore};
+use crate::dead_letter::DeadLetter;
+use crate::error::{Error, Result};
+use crate::executor::{ExecutorKind, Outcome, RunReport};
+use crate::pipeline::Pipeline;
+use crate::sink::{BoxSink, Sink};
+use crate::source::{Source, SourceBatch};
+use crate::transform::{Transform, VecEmitter};
+
+pub(crate) struct Driver<S: Source, T, K: Sink> {
+    pub(crate) id: String,
+    pub(crate) source: S,
+    transform: T,
+    sink: K,
+    store: Option<BoxCheckpointStore>,
+    dead_letters: Option<BoxSink<DeadLetter>>,
+    out: VecEmitter<K::Item>,
+    /// The checkpoint loaded at start, or the last one saved.
+    base: Checkpoint,
+    /// Position after the last processed batch.
+    position: Option<S::Position>,
+    /// Whether anything was processed since the last checkpoint.
+    dirty: bool,
+    pub(crate) report: RunReport,
+    started: Instant,
+}
+
+impl<S, T, K> Driver<S, T, K>
+where
+    S: Source,
+    T: Transform<In = S::Item, Out = K::Item>,
+    K: Sink,
+{
+    pub(crate) fn new(p: Pipeline<S, T, K>, executor: ExecutorKind) -> Self {
+        let report = RunReport {
+            pipeline_id: p.id.clone(),
+            executor,
+            run_key: None,
+            outcome: Outcome::Completed,
+            records_read: 0,
+            records_written: 0,
+            dead_lettered: 0,
+            checkpoints: 0,
+            epochs: 0,
+            resumed_from_epoch: None,
+            duration: Default::default(),
+        };
+        Driver {
+            base: Checkpoint::new(p.id.clone()),
+            id: p.id,
+            source: p.source,
+            transform: p.transform,
+            sink: p.sink,
+            store: p.checkpoints,
+            dead_letters: p.dead_letters,
+            out: VecEmitter::new(),
+            position: None,
+            dirty: false,
+            report,
+            started: Instant::now(),
+        }
+    }
+
+    /// Loads the last checkpoint (if a store is configured) without applying it.
+    pub(crate) async fn load(&mut self) -> Result<Option<&Checkpoint>> {
+        let Some(store) = &self.store else {
+            return Ok(None);
+        };
+        match store.load(&self.id).await? {
+            Some(ck) => {
+                self.base = ck;
+                Ok(Some(&self.base))
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// Loads the last checkpoint and resumes from it: sink recovery, transform state,
+    /// source seek. Used by the stream and micro-batch executors.
+    pub(crate) async fn resume(&mut self) -> Result<()> {
+        let found = self.load().await?.is_some();
+        if !found {
+            return self.sink.recover(None).await;
+        }
+        self.sink.recover(Some(self.base.epoch)).await?;
+        self.transform
+            .restore(self.base.transform_state.clone())?;
+        if let Some(pos) = &self.base.source_position {
+            let pos: S::Position =
+                serde_json::from_value(pos.clone()).map_err(|e| Error::State {
+                    stage: "source".into(),
+                    action: "restored",
+                    message: format!(
+                        "checkpointed position {pos} does not decode as this source's position: {e}"
+                    ),
+                })?;
+            self.source.seek(pos.clone()).await?;
+            self.position = Some(pos);
+        }
+        self.report.resumed_from_epoch = Some(self.base.epoch);
+        Ok(())
+    }
+
+    /// Tells the sink the last checkpointed epoch without resuming the source (batch runs
+    /// restart their range from the beginning).
+    pub(crate) async fn recover_sink(&mut self) -> Result<()> {
+        let epoch = (self.base.epoch > 0).then_some(self.base.epoch);
+        self.sink.recover(epoch).await
+    }
+
+    pub(crate) fn is_dirty(&self) -> bool {
+        self.dirty
+    }
+
+    pub(crate) fn checkpointed_runs(&self) -> &std::collections::BTreeSet<String> {
+        &self.base.completed_runs
+    }
+
+    /// Runs one source batch through the transforms and writes the results.
+    pub(crate) async fn process(&mut self, batch: SourceBatch<S::Item, S::Position>) -> Result<()> {
+        let SourceBatch {
+            records,
+            rejected,
+            position,
+        } = batch;
+        self.report.records_read += (records.len() + rejected.len()) as u64;
+        self.out.dead_letters.extend(rejected);
+        self.transform.process_batch(records, &mut self.out);
+        self.position = Some(position);
+        self.dirty = true;
+        self.write_out().await
+    }
+
+    /// Ends an epoch: the transforms flush pending results, which are written.
+    pub(crate) async fn end_epoch(&mut self) -> Result<()> {
+        self.transform.flush(&mut self.out);
+        self.write_out().await
+    }
+
+    async fn write_out(&mut self) -> Result<()> {
+        if !self.out.records.is_empty() {
+            let batch = std::mem::take(&mut self.out.records);
+            self.report.records_written += batch.len() as u64;
+            self.sink.write(batch).await?;
+        }
+        if !self.out.dead_letters.is_empty() {
+            let mut letters = std::mem::take(&mut self.out.dead_letters);
+            let pos = self
+                .position
+                .as_ref()
+                .and_then(|p| serde_json::to_value(p).ok());
+            for l in &mut letters {
+                if l.position.is_none() {
+                    l.position = pos.clone();
+                }
+            }
+            match &mut self.dead_letters {
+                Some(dlq) => {
+                    self.report.dead_lettered += letters.len() as u64;
+                    dlq.write(letters).await?;
+                }
+                None => {
+                    let first = letters.swap_remove(0);
+                    return Err(Error::Record(Box::new(first.error)));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Takes a checkpoint of progress so far (position and transform state) and, when
+    /// `completed_run` is given, marks that batch run complete.
+    ///
+    /// A batch run passes `progress = false`: it records only the run marker and keeps
+    /// the stored position and state as they were.
+    pub(crate) async fn checkpoint(
+        &mut self,
+        progress: bool,
+        completed_run: Option<&str>,
+    ) -> Result<()> {
+        self.sink.flush().await?;
+        if let Some(dlq) = &mut self.dead_letters {
+            dlq.flush().await?;
+        }
+        let epoch = self.base.epoch + 1;
+        self.sink.prepare(epoch).await?;
+
+        let mut next = self.base.clone();
+        next.epoch = epoch;
+        next.created_at = chrono::Utc::now();
+        if progress {
+            next.transform_state = self.transform.snapshot()?;
+            if let Some(p) = &self.position {
+                next.source_position =
+                    Some(serde_json::to_value(p).map_err(|e| Error::State {
+                        stage: "source".into(),
+                        action: "snapshotted",
+                        message: e.to_string(),
+                    })?);
+            }
+        }
+        if let Some(key) = completed_run {
+            next.completed_runs.insert(key.to_owned());
+        }
+        if let Some(store) = &self.store {
+            store.save(&next).await?;
+        }
+        self.base = next;
+        self.report.checkpoints += 1;
+        self.dirty = false;
+
+        self.sink.commit(epoch).await?;
+        if progress {
+            if let Some(p) = &self.position {
+                self.source.ack(p).await?;
+            }
+        }
+        Ok(())
+    }
+
+    pub(crate) fn finish(mut self, outcome: Outcome) -> RunReport {
+        self.report.outcome = outcome;
+        self.report.duration = self.started.elapsed();
+        self.report
+    }
+}

@@ -1,0 +1,123 @@
+//! Executors: the processing model, chosen at deployment time.
+//!
+//! | executor | input | emits | checkpoints |
+//! |---|---|---|---|
+//! | [`BatchExecutor`] | bounded | at the end of input | once, marking the run complete |
+//! | [`StreamExecutor`] | unbounded or bounded | after every source batch | every N records / T time, and on shutdown |
+//! | [`MicroBatchExecutor`] | either | once per trigger | once per micro-batch |
+//!
+//! All three share one driver ([`driver`]), so they differ only in when they flush
+//! and checkpoint, not in plumbing: the same pipeline and input give the same
+//! results under each.
+
+mod batch;
+pub(crate) mod driver;
+mod micro_batch;
+mod stream;
+
+pub use batch::BatchExecutor;
+pub use micro_batch::{MicroBatchExecutor, Trigger};
+pub use stream::StreamExecutor;
+
+use std::fmt;
+use std::time::Duration;
+
+/// Which executor produced a report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ExecutorKind {
+    /// [`BatchExecutor`].
+    Batch,
+    /// [`StreamExecutor`].
+    Stream,
+    /// [`MicroBatchExecutor`].
+    MicroBatch,
+}
+
+impl fmt::Display for ExecutorKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ExecutorKind::Batch => "batch",
+            ExecutorKind::Stream => "stream",
+            ExecutorKind::MicroBatch => "micro-batch",
+        })
+    }
+}
+
+/// How a run ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Outcome {
+    /// The source ended (or the trigger finished) and everything was checkpointed.
+    Completed,
+    /// The batch run key was already complete; nothing was read.
+    Skipped {
+        /// Why it was skipped.
+        reason: String,
+    },
+    /// A shutdown signal stopped the run after a final checkpoint.
+    Stopped,
+}
+
+/// What a run did.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct RunReport {
+    /// The pipeline id.
+    pub pipeline_id: String,
+    /// The executor that ran it.
+    pub executor: ExecutorKind,
+    /// The batch run key, if any.
+    pub run_key: Option<String>,
+    /// How it ended.
+    pub outcome: Outcome,
+    /// Records read from the source (decoded and rejected).
+    pub records_read: u64,
+    /// Records written to the sink.
+    pub records_written: u64,
+    /// Records sent to the dead-letter sink.
+    pub dead_lettered: u64,
+    /// Checkpoints saved.
+    pub checkpoints: u64,
+    /// Epochs run: micro-batches for the micro-batch executor, source batches for the
+    /// stream executor, chunks for the batch executor.
+    pub epochs: u64,
+    /// The checkpoint epoch this run resumed from, if it resumed.
+    pub resumed_from_epoch: Option<u64>,
+    /// Wall-clock duration.
+    pub duration: Duration,
+}
+
+impl RunReport {
+    /// Whether the run was skipped (its batch run key was already complete).
+    pub fn is_skipped(&self) -> bool {
+        matches!(self.outcome, Outcome::Skipped { .. })
+    }
+}
+
+impl fmt::Display for RunReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} run of `{}`", self.executor, self.pipeline_id)?;
+        if let Some(k) = &self.run_key {
+            write!(f, " [{k}]")?;
+        }
+        match &self.outcome {
+            Outcome::Completed => f.write_str(": completed")?,
+            Outcome::Stopped => f.write_str(": stopped by shutdown")?,
+            Outcome::Skipped { reason } => return write!(f, ": skipped ({reason})"),
+        }
+        write!(
+            f,
+            "; read {}, written {}, dead-lettered {}, {} epochs, {} checkpoints, {:.1?}",
+            self.records_read,
+            self.records_written,
+            self.dead_lettered,
+            self.epochs,
+            self.checkpoints,
+            self.duration
+        )?;
+        if let Some(e) = self.resumed_from_epoch {
+            write!(f, " (resumed from epoch {e})")?;
+        }
+        Ok(())
+    }
+}

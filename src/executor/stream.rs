@@ -1,0 +1,153 @@
+//! The stream executor: records flow to the sink as soon as they arrive.
+
+use std::future::Future;
+use std::time::Duration;
+
+use tokio::time::{self, MissedTickBehavior};
+
+use crate::error::Result;
+use crate::executor::driver::Driver;
+use crate::executor::{ExecutorKind, Outcome, RunReport};
+use crate::pipeline::Pipeline;
+use crate::sink::Sink;
+use crate::source::Source;
+use crate::transform::Transform;
+
+/// Runs a pipeline continuously: each source batch is transformed and written at
+/// once (stateful transforms emit their updated results after every batch).
+///
+/// It checkpoints every [`checkpoint_every_records`](StreamExecutor::checkpoint_every_records)
+/// records, every [`checkpoint_interval`](StreamExecutor::checkpoint_interval), at the
+/// end of a bounded source, and on shutdown; in the order flush → save → commit → ack.
+/// On start it resumes from the last checkpoint: restored transform state, sought source.
+///
+/// ```
+/// use batchstream::{Pipeline, StreamExecutor};
+/// use batchstream::adapters::{ChannelSource, CollectSink};
+/// use batchstream::transform::{self, TransformExt};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> batchstream::Result<()> {
+/// let (tx, rx) = tokio::sync::mpsc::channel(16);
+/// let (sink, out) = CollectSink::new();
+/// let p = Pipeline::new("alerts", ChannelSource::new(rx),
+///                       transform::identity::<u32>().filter(|x| *x > 100), sink);
+/// let run = tokio::spawn(StreamExecutor::new().run(p));
+/// for x in [5, 500, 50, 1000] { tx.send(x).await.unwrap(); }
+/// drop(tx); // the channel closes: the stream ends
+/// let report = run.await.unwrap()?;
+/// assert_eq!(out.items(), vec![500, 1000]);
+/// assert_eq!(report.records_read, 4);
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone)]
+pub struct StreamExecutor {
+    max_batch: usize,
+    every_records: u64,
+    interval: Duration,
+}
+
+impl Default for StreamExecutor {
+    fn default() -> Self {
+        StreamExecutor {
+            max_batch: 1024,
+            every_records: 100_000,
+            interval: Duration::from_secs(5),
+        }
+    }
+}
+
+impl StreamExecutor {
+    /// A stream executor: batches of up to 1024 records, a checkpoint every 100 000
+    /// records or 5 seconds.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The most records taken from the source at once (at least 1).
+    pub fn max_batch(mut self, n: usize) -> Self {
+        self.max_batch = n.max(1);
+        self
+    }
+
+    /// Checkpoint after this many records (at least 1).
+    pub fn checkpoint_every_records(mut self, n: u64) -> Self {
+        self.every_records = n.max(1);
+        self
+    }
+
+    /// Checkpoint at least this often while records flow.
+    pub fn checkpoint_interval(mut self, interval: Duration) -> Self {
+        self.interval = interval.max(Duration::from_millis(1));
+        self
+    }
+
+    /// Runs until the source ends.
+    ///
+    /// # Errors
+    /// The first source, sink, record or checkpoint error. The source is never acked
+    /// past the last saved checkpoint, so a restart loses nothing.
+    pub async fn run<S, T, K>(&self, pipeline: Pipeline<S, T, K>) -> Result<RunReport>
+    where
+        S: Source,
+        T: Transform<In = S::Item, Out = K::Item>,
+        K: Sink,
+    {
+        self.run_until(pipeline, std::future::pending()).await
+    }
+
+    /// Runs until the source ends or `shutdown` completes. On shutdown the batch in
+    /// hand is finished, a final checkpoint is taken, and the report says
+    /// [`Outcome::Stopped`].
+    ///
+    /// # Errors
+    /// As [`run`](StreamExecutor::run).
+    pub async fn run_until<S, T, K>(
+        &self,
+        pipeline: Pipeline<S, T, K>,
+        shutdown: impl Future<Output = ()> + Send,
+    ) -> Result<RunReport>
+    where
+        S: Source,
+        T: Transform<In = S::Item, Out = K::Item>,
+        K: Sink,
+    {
+        let mut d = Driver::new(pipeline, ExecutorKind::Stream);
+        d.resume().await?;
+        let mut ticker = time::interval(self.interval);
+        ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        ticker.tick().await; // the first tick is immediate
+        let mut since_checkpoint = 0u64;
+        tokio::pin!(shutdown);
+
+        let outcome = loop {
+            tokio::select! {
+                biased;
+                () = &mut shutdown => break Outcome::Stopped,
+                _ = ticker.tick() => {
+                    if d.is_dirty() {
+                        d.checkpoint(true, None).await?;
+                        since_checkpoint = 0;
+                    }
+                }
+                next = d.source.next_batch(self.max_batch) => {
+                    let Some(batch) = next? else { break Outcome::Completed };
+                    since_checkpoint += (batch.records.len() + batch.rejected.len()) as u64;
+                    d.report.epochs += 1;
+                    d.process(batch).await?;
+                    d.end_epoch().await?;
+                    if since_checkpoint >= self.every_records {
+                        d.checkpoint(true, None).await?;
+                        since_checkpoint = 0;
+                        ticker.reset();
+                    }
+                }
+            }
+        };
+        d.end_epoch().await?;
+        if d.is_dirty() || d.report.checkpoints == 0 {
+            d.checkpoint(true, None).await?;
+        }
+        Ok(d.finish(outcome))
+    }
+}

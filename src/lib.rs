@@ -1,0 +1,92 @@
+//! # batchstream
+//!
+//! Write a data pipeline's logic **once**, then choose at deployment time whether it
+//! runs as a bounded **batch**, an unbounded **stream**, or **micro-batches** on a
+//! trigger. Same input, same results, whichever model runs it.
+//!
+//! A [`Transform`] is your logic: synchronous, runtime-free, unit-testable with a
+//! plain `#[test]`. An executor is the processing model: [`BatchExecutor`],
+//! [`StreamExecutor`] or [`MicroBatchExecutor`]. Between them sit a [`Source`]
+//! (batches of records plus a resumable position), a [`Sink`] (batched writes with a
+//! declared [`DeliveryGuarantee`]) and a [`CheckpointStore`] (an atomic, checksummed
+//! snapshot of position, state and completed runs).
+//!
+//! ```
+//! use batchstream::{BatchExecutor, MicroBatchExecutor, Pipeline, StreamExecutor, Trigger};
+//! use batchstream::adapters::{IterSource, UpsertSink};
+//! use batchstream::transform::{self, TransformExt};
+//!
+//! // The logic: total amount per customer, ignoring refunds.
+//! fn pipeline(
+//!     sink: UpsertSink<String, i64>,
+//! ) -> Pipeline<impl batchstream::Source<Item = (String, i64)>,
+//!               impl batchstream::Transform<In = (String, i64), Out = (String, i64)>,
+//!               UpsertSink<String, i64>> {
+//!     let orders = vec![("ann".to_string(), 30), ("bob".into(), -5), ("ann".into(), 12)];
+//!     let logic = transform::identity::<(String, i64)>()
+//!         .filter(|(_, amount)| *amount > 0)
+//!         .key_by(|(customer, _)| customer.clone())
+//!         .fold(0i64, |total, (_, amount)| *total += amount);
+//!     Pipeline::new("totals", IterSource::new(orders), logic, sink)
+//! }
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> batchstream::Result<()> {
+//! // The model: a deployment choice.
+//! let (sink, batch) = UpsertSink::new();
+//! BatchExecutor::new().run(pipeline(sink)).await?;
+//! let (sink, stream) = UpsertSink::new();
+//! StreamExecutor::new().run(pipeline(sink)).await?;
+//! let (sink, micro) = UpsertSink::new();
+//! MicroBatchExecutor::new(Trigger::AvailableNow).run(pipeline(sink)).await?;
+//!
+//! assert_eq!(batch.snapshot(), stream.snapshot());
+//! assert_eq!(batch.snapshot(), micro.snapshot());
+//! assert_eq!(batch.snapshot()["ann"], 42);
+//! # Ok(()) }
+//! ```
+//!
+//! ## Guarantees
+//! - Checkpoint order: sink flush → sink prepare → checkpoint save → sink commit →
+//!   source ack. A crash anywhere loses nothing.
+//! - No record disappears silently: it reaches the sink, the dead-letter sink (with
+//!   its typed [`RecordError`] and position), or the run fails naming it.
+//! - A corrupted checkpoint is an error ([`CheckpointError::Corrupt`]), never a silent
+//!   restart from the beginning.
+//! - Stateless chains (`map`, `filter`, `flat_map`, `try_map`, `inspect`) are fused
+//!   into one pass per record; nothing on the hot path allocates, sends or awaits per
+//!   record.
+//!
+//! ## Modules
+//! - [`source`], [`transform`], [`sink`], [`checkpoint`]: the four core abstractions.
+//! - [`executor`]: the three executors and their [`RunReport`].
+//! - [`adapters`]: iterators, collections, channels, `futures` bridges, NDJSON/CSV files.
+//! - [`testing`]: helpers for testing your transforms and pipelines.
+
+#![deny(missing_docs)]
+#![forbid(unsafe_code)]
+#![warn(missing_debug_implementations, unreachable_pub)]
+
+pub mod adapters;
+pub mod checkpoint;
+pub mod dead_letter;
+pub mod error;
+pub mod executor;
+pub mod pipeline;
+pub mod sink;
+pub mod source;
+pub mod testing;
+pub mod transform;
+
+pub use checkpoint::{Checkpoint, CheckpointStore};
+pub use dead_letter::DeadLetter;
+pub use error::{
+    BoxError, CheckpointError, Error, ErrorKind, Location, RecordError, RecordErrorKind, Result,
+};
+pub use executor::{
+    BatchExecutor, ExecutorKind, MicroBatchExecutor, Outcome, RunReport, StreamExecutor, Trigger,
+};
+pub use pipeline::Pipeline;
+pub use sink::{BoxSink, DeliveryGuarantee, Sink};
+pub use source::{Boundedness, BoxSource, Source, SourceBatch};
+pub use transform::{Emit, Transform, TransformExt};

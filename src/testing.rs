@@ -1,0 +1,1 @@
+//! Helpers for testing transforms and pipelines.
