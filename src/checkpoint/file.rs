@@ -321,11 +321,12 @@ mod tests {
     fn save_then_load_round_trips_and_keeps_two_generations() {
         let dir = tempdir("rt");
         let store = FileCheckpointStore::new(&dir).unwrap();
-        for e in 1..=4 {
-            store.save_sync(&sample(e)).unwrap();
+        let saved: Vec<Checkpoint> = (1..=4).map(sample).collect();
+        for ck in &saved {
+            store.save_sync(ck).unwrap();
         }
-        assert_eq!(store.load_sync("p1").unwrap().unwrap(), sample(4));
-        assert_eq!(store.load_previous("p1").unwrap().unwrap(), sample(3));
+        assert_eq!(store.load_sync("p1").unwrap().unwrap(), saved[3]);
+        assert_eq!(store.load_previous("p1").unwrap().unwrap(), saved[2]);
         assert_eq!(store.generations("p1").unwrap(), vec![3, 4]);
         assert!(store.load_sync("other").unwrap().is_none());
         fs::remove_dir_all(dir).unwrap();

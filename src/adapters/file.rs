@@ -1,1 +1,0 @@
-//! File sources and sinks (NDJSON, CSV).
