@@ -69,7 +69,9 @@ pub enum Error {
         message: String,
     },
     /// The checkpoint holds a position, but the source cannot seek to it.
-    #[error("source cannot seek to checkpointed position {position}; implement `Source::seek` to resume from checkpoints")]
+    #[error(
+        "source cannot seek to checkpointed position {position}; implement `Source::seek` to resume from checkpoints"
+    )]
     SeekUnsupported {
         /// The position from the checkpoint, as JSON.
         position: String,
@@ -147,6 +149,24 @@ impl Error {
         Error::Io {
             path: path.into(),
             source,
+        }
+    }
+
+    /// Transform (or source position) state of `stage` could not be snapshotted.
+    pub fn snapshot_failed(stage: impl Into<String>, err: impl fmt::Display) -> Self {
+        Error::State {
+            stage: stage.into(),
+            action: "snapshotted",
+            message: err.to_string(),
+        }
+    }
+
+    /// Transform (or source position) state of `stage` could not be restored.
+    pub fn restore_failed(stage: impl Into<String>, err: impl fmt::Display) -> Self {
+        Error::State {
+            stage: stage.into(),
+            action: "restored",
+            message: err.to_string(),
         }
     }
 

@@ -11,7 +11,7 @@ use std::fmt::Debug;
 use std::future::Future;
 
 use futures::future::BoxFuture;
-use serde::{de::DeserializeOwned, Serialize};
+use serde::{Serialize, de::DeserializeOwned};
 
 use crate::dead_letter::DeadLetter;
 use crate::error::{Error, Result};

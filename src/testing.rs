@@ -452,7 +452,9 @@ impl Modes {
     pub fn small_batches() -> Self {
         Modes {
             batch: BatchExecutor::new().chunk_size(7),
-            stream: StreamExecutor::new().max_batch(3).checkpoint_every_records(4),
+            stream: StreamExecutor::new()
+                .max_batch(3)
+                .checkpoint_every_records(4),
             micro_batch: MicroBatchExecutor::new(Trigger::AvailableNow)
                 .max_records_per_batch(5)
                 .read_chunk(2),
@@ -463,7 +465,11 @@ impl Modes {
     ///
     /// # Errors
     /// Whatever the executor returns.
-    pub async fn run<S, T, K>(&self, kind: ExecutorKind, pipeline: Pipeline<S, T, K>) -> Result<RunReport>
+    pub async fn run<S, T, K>(
+        &self,
+        kind: ExecutorKind,
+        pipeline: Pipeline<S, T, K>,
+    ) -> Result<RunReport>
     where
         S: Source,
         T: Transform<In = S::Item, Out = K::Item>,
@@ -491,7 +497,11 @@ impl Modes {
         F: FnMut(CollectSink<O>) -> Pipeline<S, T, CollectSink<O>>,
     {
         let mut results: Vec<(ExecutorKind, Vec<O>)> = Vec::new();
-        for kind in [ExecutorKind::Batch, ExecutorKind::Stream, ExecutorKind::MicroBatch] {
+        for kind in [
+            ExecutorKind::Batch,
+            ExecutorKind::Stream,
+            ExecutorKind::MicroBatch,
+        ] {
             let (sink, out) = CollectSink::new();
             if let Err(e) = self.run(kind, make(sink)).await {
                 panic!("the {kind} executor failed: {e}");
@@ -517,7 +527,11 @@ impl Modes {
         F: FnMut(UpsertSink<K, V>) -> Pipeline<S, T, UpsertSink<K, V>>,
     {
         let mut results: Vec<(ExecutorKind, BTreeMap<K, V>)> = Vec::new();
-        for kind in [ExecutorKind::Batch, ExecutorKind::Stream, ExecutorKind::MicroBatch] {
+        for kind in [
+            ExecutorKind::Batch,
+            ExecutorKind::Stream,
+            ExecutorKind::MicroBatch,
+        ] {
             let (sink, table) = UpsertSink::new();
             if let Err(e) = self.run(kind, make(sink)).await {
                 panic!("the {kind} executor failed: {e}");
@@ -619,7 +633,10 @@ mod tests {
             Step::Records(vec![4, 5]),
         ];
         let mut s = ScriptedSource::new(script.clone());
-        assert_eq!(s.next_batch(10).await.unwrap().unwrap().records, vec![1, 2, 3]);
+        assert_eq!(
+            s.next_batch(10).await.unwrap().unwrap().records,
+            vec![1, 2, 3]
+        );
         let err = s.next_batch(10).await.unwrap_err();
         assert!(err.is_retryable());
         let mut s = ScriptedSource::new(script);

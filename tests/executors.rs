@@ -10,8 +10,7 @@ use batchstream::testing::{FailingSink, ScriptedSource, Step, TxCollectSink};
 use batchstream::transform::{self, TransformExt};
 use batchstream::{
     BatchExecutor, CheckpointError, CheckpointStore, DeadLetter, Error, MicroBatchExecutor,
-    Outcome, Pipeline, RecordErrorKind, Result, Sink, Source, SourceBatch, StreamExecutor,
-    Trigger,
+    Outcome, Pipeline, RecordErrorKind, Result, Sink, Source, SourceBatch, StreamExecutor, Trigger,
 };
 
 type Log = Arc<Mutex<Vec<String>>>;
@@ -150,8 +149,13 @@ async fn stream_resumes_from_checkpoint_with_state_and_position() {
     };
     // First run stops (graceful shutdown) after a micro-batch of 8 records.
     let (sink, table) = UpsertSink::new();
-    let p = Pipeline::new("resume", ScriptedSource::from_records(records.clone()), logic(), sink)
-        .with_checkpoint_store(store.clone());
+    let p = Pipeline::new(
+        "resume",
+        ScriptedSource::from_records(records.clone()),
+        logic(),
+        sink,
+    )
+    .with_checkpoint_store(store.clone());
     let r1 = MicroBatchExecutor::new(Trigger::Once)
         .max_records_per_batch(8)
         .run(p)
@@ -184,9 +188,13 @@ async fn batch_run_key_is_skipped_once_complete_and_forced_on_request() {
         let store = store.clone();
         async move {
             let (sink, out) = CollectSink::new();
-            let p = Pipeline::new("daily", ScriptedSource::from_records(vec![1u8, 2, 3]),
-                                  transform::identity(), sink)
-                .with_checkpoint_store(store);
+            let p = Pipeline::new(
+                "daily",
+                ScriptedSource::from_records(vec![1u8, 2, 3]),
+                transform::identity(),
+                sink,
+            )
+            .with_checkpoint_store(store);
             let report = BatchExecutor::new()
                 .run_key("2024-05-01")
                 .force(force)
@@ -211,32 +219,58 @@ async fn batch_run_that_fails_halfway_is_not_marked_complete() {
     let store = MemoryCheckpointStore::new();
     let script = vec![
         Step::Records(vec![1u8, 2]),
-        Step::Fail { message: "disk gone".into(), retryable: false },
+        Step::Fail {
+            message: "disk gone".into(),
+            retryable: false,
+        },
         Step::Records(vec![3]),
     ];
     let (sink, _) = CollectSink::new();
-    let p = Pipeline::new("daily", ScriptedSource::new(script), transform::identity(), sink)
-        .with_checkpoint_store(store.clone());
+    let p = Pipeline::new(
+        "daily",
+        ScriptedSource::new(script),
+        transform::identity(),
+        sink,
+    )
+    .with_checkpoint_store(store.clone());
     let err = BatchExecutor::new().run_key("d1").run(p).await.unwrap_err();
     assert!(err.to_string().contains("disk gone"), "{err}");
-    assert!(store.get("daily").is_none_or(|ck| !ck.completed_runs.contains("d1")));
+    assert!(
+        store
+            .get("daily")
+            .is_none_or(|ck| !ck.completed_runs.contains("d1"))
+    );
 
     let (sink, out) = CollectSink::new();
-    let p = Pipeline::new("daily", ScriptedSource::from_records(vec![1u8, 2, 3]),
-                          transform::identity(), sink)
-        .with_checkpoint_store(store.clone());
+    let p = Pipeline::new(
+        "daily",
+        ScriptedSource::from_records(vec![1u8, 2, 3]),
+        transform::identity(),
+        sink,
+    )
+    .with_checkpoint_store(store.clone());
     let r = BatchExecutor::new().run_key("d1").run(p).await.unwrap();
-    assert_eq!((r.outcome, out.items()), (Outcome::Completed, vec![1, 2, 3]));
+    assert_eq!(
+        (r.outcome, out.items()),
+        (Outcome::Completed, vec![1, 2, 3])
+    );
     assert!(store.get("daily").unwrap().completed_runs.contains("d1"));
 }
 
 #[tokio::test]
 async fn batch_executor_refuses_an_unbounded_source() {
     let (sink, _) = CollectSink::<u8>::new();
-    let p = Pipeline::new("u", ScriptedSource::from_records(vec![1u8]).unbounded(),
-                          transform::identity(), sink);
+    let p = Pipeline::new(
+        "u",
+        ScriptedSource::from_records(vec![1u8]).unbounded(),
+        transform::identity(),
+        sink,
+    );
     let err = BatchExecutor::new().run(p).await.unwrap_err();
-    assert!(matches!(err, Error::UnboundedSource { executor: "batch" }), "{err}");
+    assert!(
+        matches!(err, Error::UnboundedSource { executor: "batch" }),
+        "{err}"
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -248,8 +282,13 @@ async fn stream_checkpoints_on_its_interval_while_the_source_is_quiet() {
         Step::Records(vec![3]),
     ];
     let (sink, out) = CollectSink::new();
-    let p = Pipeline::new("tick", ScriptedSource::new(script).unbounded(), transform::identity(), sink)
-        .with_checkpoint_store(store.clone());
+    let p = Pipeline::new(
+        "tick",
+        ScriptedSource::new(script).unbounded(),
+        transform::identity(),
+        sink,
+    )
+    .with_checkpoint_store(store.clone());
     let r = StreamExecutor::new()
         .checkpoint_interval(Duration::from_secs(1))
         .run(p)
@@ -265,10 +304,18 @@ async fn stream_checkpoints_on_its_interval_while_the_source_is_quiet() {
 #[tokio::test(start_paused = true)]
 async fn stream_shutdown_takes_a_final_checkpoint_and_reports_stopped() {
     let store = MemoryCheckpointStore::new();
-    let script = vec![Step::Records(vec![1u32, 2]), Step::Wait(Duration::from_secs(3600))];
+    let script = vec![
+        Step::Records(vec![1u32, 2]),
+        Step::Wait(Duration::from_secs(3600)),
+    ];
     let (sink, out) = CollectSink::new();
-    let p = Pipeline::new("stop", ScriptedSource::new(script).unbounded(), transform::identity(), sink)
-        .with_checkpoint_store(store.clone());
+    let p = Pipeline::new(
+        "stop",
+        ScriptedSource::new(script).unbounded(),
+        transform::identity(),
+        sink,
+    )
+    .with_checkpoint_store(store.clone());
     let shutdown = tokio::time::sleep(Duration::from_secs(10));
     let r = StreamExecutor::new().run_until(p, shutdown).await.unwrap();
     assert_eq!(r.outcome, Outcome::Stopped);
@@ -285,8 +332,13 @@ async fn micro_batch_processing_time_runs_one_epoch_per_tick() {
     ];
     let store = MemoryCheckpointStore::new();
     let (sink, handle) = TxCollectSink::new();
-    let p = Pipeline::new("mb", ScriptedSource::new(script).unbounded(), transform::identity(), sink)
-        .with_checkpoint_store(store.clone());
+    let p = Pipeline::new(
+        "mb",
+        ScriptedSource::new(script).unbounded(),
+        transform::identity(),
+        sink,
+    )
+    .with_checkpoint_store(store.clone());
     let r = MicroBatchExecutor::new(Trigger::ProcessingTime(Duration::from_secs(2)))
         .run(p)
         .await
@@ -332,7 +384,11 @@ async fn without_a_dead_letter_sink_a_rejected_record_fails_the_run_after_earlie
     let err = BatchExecutor::new().chunk_size(1).run(p).await.unwrap_err();
     let rec = err.as_record_error().expect("a record error");
     assert_eq!(rec.stage, "parse");
-    assert_eq!(out.items(), vec![1], "records accepted before the bad one are kept");
+    assert_eq!(
+        out.items(),
+        vec![1],
+        "records accepted before the bad one are kept"
+    );
 }
 
 #[tokio::test]
@@ -349,7 +405,16 @@ async fn a_failing_sink_stops_the_run_and_the_source_is_not_acked_past_the_check
         .run(p)
         .await
         .unwrap_err();
-    assert!(matches!(err, Error::Sink { operation: "write", .. }), "{err}");
+    assert!(
+        matches!(
+            err,
+            Error::Sink {
+                operation: "write",
+                ..
+            }
+        ),
+        "{err}"
+    );
     assert_eq!(acks.acked(), vec![2, 4]);
     assert_eq!(store.get("fail").unwrap().source_position, Some(4.into()));
 }
@@ -361,9 +426,13 @@ async fn a_corrupt_checkpoint_file_fails_the_run_instead_of_restarting() {
     let store = FileCheckpointStore::new(&dir).unwrap();
     let build = |store: FileCheckpointStore| {
         let (sink, out) = CollectSink::new();
-        let p = Pipeline::new("c", ScriptedSource::from_records((0..5u32).collect()),
-                              transform::identity(), sink)
-            .with_checkpoint_store(store);
+        let p = Pipeline::new(
+            "c",
+            ScriptedSource::from_records((0..5u32).collect()),
+            transform::identity(),
+            sink,
+        )
+        .with_checkpoint_store(store);
         (p, out)
     };
     let (p, _) = build(store.clone());

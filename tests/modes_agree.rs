@@ -22,7 +22,11 @@ fn records() -> impl Strategy<Value = Vec<Rec>> {
     prop::collection::vec((0u8..8, -50i32..100), 0..120).prop_map(|v| {
         v.into_iter()
             .enumerate()
-            .map(|(i, (key, value))| Rec { id: i as u32, key, value })
+            .map(|(i, (key, value))| Rec {
+                id: i as u32,
+                key,
+                value,
+            })
             .collect()
     })
 }

@@ -7,7 +7,7 @@
 //! | [`UpsertSink`] | sink, idempotent | last value per key |
 //! | [`ChannelSource`] / [`ChannelSink`] | tokio mpsc | |
 //! | [`StreamSource`] / [`FuturesSink`] | `futures` bridges | |
-//! | [`file`] | NDJSON and CSV files | byte-offset positions, tail mode |
+//! | [`mod@file`] | NDJSON and CSV files | byte-offset positions, tail mode |
 
 mod channel;
 mod collect;

@@ -2,7 +2,6 @@
 //! as a sink.
 
 use std::fmt;
-use std::future::Future;
 use std::marker::PhantomData;
 use std::pin::Pin;
 use std::task::Poll;
@@ -103,7 +102,7 @@ where
                     return Err(Error::source(format!(
                         "stream ended after {} items, before checkpointed position {position}",
                         self.seen
-                    )))
+                    )));
                 }
             }
         }
@@ -142,19 +141,23 @@ where
 {
     type Item = T;
 
-    fn write(&mut self, batch: Vec<T>) -> impl Future<Output = Result<()>> + Send {
-        async move {
-            for item in batch {
-                self.inner
-                    .feed(item)
-                    .await
-                    .map_err(|e| Error::sink("write", e))?;
-            }
-            self.inner.flush().await.map_err(|e| Error::sink("write", e))
+    async fn write(&mut self, batch: Vec<T>) -> Result<()> {
+        for item in batch {
+            self.inner
+                .feed(item)
+                .await
+                .map_err(|e| Error::sink("write", e))?;
         }
+        self.inner
+            .flush()
+            .await
+            .map_err(|e| Error::sink("write", e))
     }
 
-    fn flush(&mut self) -> impl Future<Output = Result<()>> + Send {
-        async move { self.inner.flush().await.map_err(|e| Error::sink("flush", e)) }
+    async fn flush(&mut self) -> Result<()> {
+        self.inner
+            .flush()
+            .await
+            .map_err(|e| Error::sink("flush", e))
     }
 }

@@ -94,7 +94,8 @@ impl FileCheckpointStore {
     }
 
     fn path_for(&self, pipeline_id: &str, generation: u64) -> PathBuf {
-        self.dir.join(format!("{pipeline_id}.{generation:020}.ckpt"))
+        self.dir
+            .join(format!("{pipeline_id}.{generation:020}.ckpt"))
     }
 
     /// Generations present on disk for `pipeline_id`, ascending.
@@ -254,8 +255,11 @@ fn read_file(path: &Path, pipeline_id: &str) -> Result<Checkpoint, CheckpointErr
         reason,
     };
     let (_, body) = decode(&bytes).map_err(corrupt)?;
-    let ck: Checkpoint = serde_json::from_slice(body)
-        .map_err(|e| corrupt(format!("checksum matches but the body does not decode: {e}")))?;
+    let ck: Checkpoint = serde_json::from_slice(body).map_err(|e| {
+        corrupt(format!(
+            "checksum matches but the body does not decode: {e}"
+        ))
+    })?;
     if ck.pipeline_id != pipeline_id {
         return Err(corrupt(format!(
             "belongs to pipeline `{}`, not `{pipeline_id}`",

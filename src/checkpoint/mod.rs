@@ -104,7 +104,8 @@ trait DynCheckpointStore: Send + Sync {
         &'a self,
         pipeline_id: &'a str,
     ) -> BoxFuture<'a, Result<Option<Checkpoint>, CheckpointError>>;
-    fn save<'a>(&'a self, checkpoint: &'a Checkpoint) -> BoxFuture<'a, Result<(), CheckpointError>>;
+    fn save<'a>(&'a self, checkpoint: &'a Checkpoint)
+    -> BoxFuture<'a, Result<(), CheckpointError>>;
 }
 
 impl<S: CheckpointStore> DynCheckpointStore for S {
@@ -114,7 +115,10 @@ impl<S: CheckpointStore> DynCheckpointStore for S {
     ) -> BoxFuture<'a, Result<Option<Checkpoint>, CheckpointError>> {
         Box::pin(CheckpointStore::load(self, pipeline_id))
     }
-    fn save<'a>(&'a self, checkpoint: &'a Checkpoint) -> BoxFuture<'a, Result<(), CheckpointError>> {
+    fn save<'a>(
+        &'a self,
+        checkpoint: &'a Checkpoint,
+    ) -> BoxFuture<'a, Result<(), CheckpointError>> {
         Box::pin(CheckpointStore::save(self, checkpoint))
     }
 }

@@ -1,5 +1,7 @@
 //! The batch executor: a bounded input, processed in chunks, completed once.
 
+use std::future::Future;
+
 use crate::error::{Error, Result};
 use crate::executor::driver::Driver;
 use crate::executor::{ExecutorKind, Outcome, RunReport};
@@ -83,7 +85,21 @@ impl BatchExecutor {
     /// # Errors
     /// [`Error::UnboundedSource`] for an unbounded source; otherwise the first source,
     /// sink, record or checkpoint error, after which the run is not marked complete.
-    pub async fn run<S, T, K>(&self, pipeline: Pipeline<S, T, K>) -> Result<RunReport>
+    ///
+    /// The returned future does not borrow the executor, so it can be spawned.
+    pub fn run<S, T, K>(
+        &self,
+        pipeline: Pipeline<S, T, K>,
+    ) -> impl Future<Output = Result<RunReport>> + use<S, T, K>
+    where
+        S: Source,
+        T: Transform<In = S::Item, Out = K::Item>,
+        K: Sink,
+    {
+        self.clone().execute(pipeline)
+    }
+
+    async fn execute<S, T, K>(self, pipeline: Pipeline<S, T, K>) -> Result<RunReport>
     where
         S: Source,
         T: Transform<In = S::Item, Out = K::Item>,

@@ -91,17 +91,16 @@ where
             return self.sink.recover(None).await;
         }
         self.sink.recover(Some(self.base.epoch)).await?;
-        self.transform
-            .restore(self.base.transform_state.clone())?;
+        self.transform.restore(self.base.transform_state.clone())?;
         if let Some(pos) = &self.base.source_position {
-            let pos: S::Position =
-                serde_json::from_value(pos.clone()).map_err(|e| Error::State {
-                    stage: "source".into(),
-                    action: "restored",
-                    message: format!(
+            let pos: S::Position = serde_json::from_value(pos.clone()).map_err(|e| {
+                Error::restore_failed(
+                    "source position",
+                    format!(
                         "checkpointed position {pos} does not decode as this source's position: {e}"
                     ),
-                })?;
+                )
+            })?;
             self.source.seek(pos.clone()).await?;
             self.position = Some(pos);
         }
@@ -193,27 +192,24 @@ where
         let epoch = self.base.epoch + 1;
         self.sink.prepare(epoch).await?;
 
-        let mut next = self.base.clone();
-        next.epoch = epoch;
-        next.created_at = chrono::Utc::now();
-        if progress {
-            next.transform_state = self.transform.snapshot()?;
-            if let Some(p) = &self.position {
-                next.source_position =
-                    Some(serde_json::to_value(p).map_err(|e| Error::State {
-                        stage: "source".into(),
-                        action: "snapshotted",
-                        message: e.to_string(),
-                    })?);
-            }
-        }
         if let Some(key) = completed_run {
-            next.completed_runs.insert(key.to_owned());
+            self.base.completed_runs.insert(key.to_owned());
         }
+        self.base.epoch = epoch;
+        // Without a store nothing reads the snapshot: skip encoding state and position.
         if let Some(store) = &self.store {
-            store.save(&next).await?;
+            if progress {
+                self.base.transform_state = self.transform.snapshot()?;
+                if let Some(p) = &self.position {
+                    self.base.source_position = Some(
+                        serde_json::to_value(p)
+                            .map_err(|e| Error::snapshot_failed("source position", e))?,
+                    );
+                }
+            }
+            self.base.created_at = chrono::Utc::now();
+            store.save(&self.base).await?;
         }
-        self.base = next;
         self.report.checkpoints += 1;
         self.dirty = false;
 

@@ -97,13 +97,18 @@ impl MicroBatchExecutor {
     /// # Errors
     /// The first source, sink, record or checkpoint error; the failed micro-batch is
     /// not checkpointed and is re-read on restart.
-    pub async fn run<S, T, K>(&self, pipeline: Pipeline<S, T, K>) -> Result<RunReport>
+    ///
+    /// The returned future does not borrow the executor, so it can be spawned.
+    pub fn run<S, T, K>(
+        &self,
+        pipeline: Pipeline<S, T, K>,
+    ) -> impl Future<Output = Result<RunReport>> + use<S, T, K>
     where
         S: Source,
         T: Transform<In = S::Item, Out = K::Item>,
         K: Sink,
     {
-        self.run_until(pipeline, std::future::pending()).await
+        self.clone().execute(pipeline, std::future::pending())
     }
 
     /// Runs until the trigger is done, the source ends, or `shutdown` completes
@@ -111,15 +116,30 @@ impl MicroBatchExecutor {
     ///
     /// # Errors
     /// As [`run`](MicroBatchExecutor::run).
-    pub async fn run_until<S, T, K>(
+    pub fn run_until<S, T, K, F>(
         &self,
         pipeline: Pipeline<S, T, K>,
-        shutdown: impl Future<Output = ()> + Send,
+        shutdown: F,
+    ) -> impl Future<Output = Result<RunReport>> + use<S, T, K, F>
+    where
+        S: Source,
+        T: Transform<In = S::Item, Out = K::Item>,
+        K: Sink,
+        F: Future<Output = ()>,
+    {
+        self.clone().execute(pipeline, shutdown)
+    }
+
+    async fn execute<S, T, K, F>(
+        self,
+        pipeline: Pipeline<S, T, K>,
+        shutdown: F,
     ) -> Result<RunReport>
     where
         S: Source,
         T: Transform<In = S::Item, Out = K::Item>,
         K: Sink,
+        F: Future<Output = ()>,
     {
         let mut d = Driver::new(pipeline, ExecutorKind::MicroBatch);
         d.resume().await?;

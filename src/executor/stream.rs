@@ -87,13 +87,18 @@ impl StreamExecutor {
     /// # Errors
     /// The first source, sink, record or checkpoint error. The source is never acked
     /// past the last saved checkpoint, so a restart loses nothing.
-    pub async fn run<S, T, K>(&self, pipeline: Pipeline<S, T, K>) -> Result<RunReport>
+    ///
+    /// The returned future does not borrow the executor, so it can be spawned.
+    pub fn run<S, T, K>(
+        &self,
+        pipeline: Pipeline<S, T, K>,
+    ) -> impl Future<Output = Result<RunReport>> + use<S, T, K>
     where
         S: Source,
         T: Transform<In = S::Item, Out = K::Item>,
         K: Sink,
     {
-        self.run_until(pipeline, std::future::pending()).await
+        self.clone().execute(pipeline, std::future::pending())
     }
 
     /// Runs until the source ends or `shutdown` completes. On shutdown the batch in
@@ -102,15 +107,30 @@ impl StreamExecutor {
     ///
     /// # Errors
     /// As [`run`](StreamExecutor::run).
-    pub async fn run_until<S, T, K>(
+    pub fn run_until<S, T, K, F>(
         &self,
         pipeline: Pipeline<S, T, K>,
-        shutdown: impl Future<Output = ()> + Send,
+        shutdown: F,
+    ) -> impl Future<Output = Result<RunReport>> + use<S, T, K, F>
+    where
+        S: Source,
+        T: Transform<In = S::Item, Out = K::Item>,
+        K: Sink,
+        F: Future<Output = ()>,
+    {
+        self.clone().execute(pipeline, shutdown)
+    }
+
+    async fn execute<S, T, K, F>(
+        self,
+        pipeline: Pipeline<S, T, K>,
+        shutdown: F,
     ) -> Result<RunReport>
     where
         S: Source,
         T: Transform<In = S::Item, Out = K::Item>,
         K: Sink,
+        F: Future<Output = ()>,
     {
         let mut d = Driver::new(pipeline, ExecutorKind::Stream);
         d.resume().await?;

@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::hash::Hash;
 
-use serde::{de::DeserializeOwned, Deserialize, Serialize};
+use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use serde_json::Value;
 
 use super::{Emit, Then, Transform, TransformExt};
@@ -215,11 +215,7 @@ where
                 .collect(),
             dirty: self.dirty.clone(),
         };
-        serde_json::to_value(&snap).map_err(|e| Error::State {
-            stage: stage.into(),
-            action: "snapshotted",
-            message: e.to_string(),
-        })
+        serde_json::to_value(&snap).map_err(|e| Error::snapshot_failed(stage, e))
     }
 
     fn restore(&mut self, stage: &str, state: Value) -> Result<()> {
@@ -229,11 +225,7 @@ where
             return Ok(());
         }
         let snap: KeyedSnapshot<K, A> =
-            serde_json::from_value(state).map_err(|e| Error::State {
-                stage: stage.into(),
-                action: "restored",
-                message: e.to_string(),
-            })?;
+            serde_json::from_value(state).map_err(|e| Error::restore_failed(stage, e))?;
         self.map = snap
             .entries
             .into_iter()
@@ -334,7 +326,7 @@ where
 
 #[cfg(test)]
 mod tests {
-    use super::super::{identity, VecEmitter};
+    use super::super::{VecEmitter, identity};
     use super::*;
 
     struct Mean;
@@ -403,6 +395,9 @@ mod tests {
         let err = t
             .restore(serde_json::json!([null, {"entries": "nope"}]))
             .unwrap_err();
-        assert!(matches!(err, Error::State { ref stage, .. } if stage == "fold"), "{err}");
+        assert!(
+            matches!(err, Error::State { ref stage, .. } if stage == "fold"),
+            "{err}"
+        );
     }
 }

@@ -125,11 +125,10 @@ where
                 self.first.restore(a)?;
                 self.second.restore(b)
             }
-            other => Err(Error::State {
-                stage: "then".into(),
-                action: "restored",
-                message: format!("expected null or a pair of stage states, found {other}"),
-            }),
+            other => Err(Error::restore_failed(
+                "then",
+                format!("expected null or a pair of stage states, found {other}"),
+            )),
         }
     }
 }
@@ -264,21 +263,20 @@ where
 
 #[cfg(test)]
 mod tests {
-    use super::super::{identity, TransformExt, VecEmitter};
+    use super::super::{TransformExt, VecEmitter, identity};
     use super::*;
     use crate::error::RecordErrorKind;
 
     #[test]
     fn chain_is_applied_in_order_per_record() {
         let mut seen = Vec::new();
-        let mut t = identity::<i32>()
+        let mut out = VecEmitter::new();
+        identity::<i32>()
             .inspect(|x| seen.push(*x))
             .flat_map(|x| vec![x, x + 100])
             .filter(|x| *x != 2)
-            .map(|x| x * 2);
-        let mut out = VecEmitter::new();
-        t.process_batch(vec![1, 2, 3], &mut out);
-        drop(t);
+            .map(|x| x * 2)
+            .process_batch(vec![1, 2, 3], &mut out);
         assert_eq!(out.records, vec![2, 202, 204, 6, 206]);
         assert_eq!(seen, vec![1, 2, 3]);
     }
