@@ -333,6 +333,19 @@ impl fmt::Display for Location {
     }
 }
 
+/// Formats " at <location>", or nothing when the location is unknown.
+struct AtLocation<'a>(&'a Location);
+
+impl fmt::Display for AtLocation<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.0.is_empty() {
+            Ok(())
+        } else {
+            write!(f, " at {}", self.0)
+        }
+    }
+}
+
 /// Why a single record was rejected.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -358,7 +371,7 @@ impl fmt::Display for RecordErrorKind {
 
 /// One rejected record: what stage rejected it, why, and where it came from.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
-#[error("{kind} error in stage `{stage}` at {location}: {message}")]
+#[error("{kind} error in stage `{stage}`{}: {message}", AtLocation(location))]
 pub struct RecordError {
     /// The kind of failure.
     pub kind: RecordErrorKind,
