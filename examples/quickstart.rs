@@ -55,22 +55,25 @@ fn daily_sales() -> impl Transform<In = Order, Out = (String, DayTotals)> + Send
         })
 }
 
-type Report = (RunReport, UpsertTable<String, DayTotals>, Collected<DeadLetter>);
+type Report = (
+    RunReport,
+    UpsertTable<String, DayTotals>,
+    Collected<DeadLetter>,
+);
+
+/// A pipeline over the orders file, with handles to its results and dead letters.
+type Built<T> = (
+    Pipeline<NdjsonSource<Order>, T, UpsertSink<String, DayTotals>>,
+    UpsertTable<String, DayTotals>,
+    Collected<DeadLetter>,
+);
 
 /// Builds the pipeline: the same function feeds every executor.
 fn pipeline(
     id: &str,
     data: &Path,
     store: &FileCheckpointStore,
-) -> batchstream::Result<(
-    Pipeline<
-        NdjsonSource<Order>,
-        impl Transform<In = Order, Out = (String, DayTotals)> + Send,
-        UpsertSink<String, DayTotals>,
-    >,
-    UpsertTable<String, DayTotals>,
-    Collected<DeadLetter>,
-)> {
+) -> batchstream::Result<Built<impl Transform<In = Order, Out = (String, DayTotals)> + Send>> {
     let (sink, table) = UpsertSink::new();
     let (dead_letters, letters) = CollectSink::new();
     let p = Pipeline::new(id, NdjsonSource::open(data)?, daily_sales(), sink)
@@ -94,7 +97,8 @@ fn print_table(title: &str, report: &RunReport, table: &BTreeMap<String, DayTota
 #[tokio::main]
 async fn main() -> Result<ExitCode, Box<dyn std::error::Error + Send + Sync>> {
     let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/data/orders.ndjson");
-    let state_dir = std::env::temp_dir().join(format!("batchstream-quickstart-{}", std::process::id()));
+    let state_dir =
+        std::env::temp_dir().join(format!("batchstream-quickstart-{}", std::process::id()));
     let store = FileCheckpointStore::new(&state_dir)?;
 
     // 1. Batch: the whole file as one run keyed by its date range, results at the end.
@@ -138,7 +142,10 @@ async fn main() -> Result<ExitCode, Box<dyn std::error::Error + Send + Sync>> {
 
     println!("== dead letters (batch run)");
     for l in batch_result.2.items() {
-        let what = l.raw.clone().or_else(|| l.record.as_ref().map(|r| r.to_string()));
+        let what = l
+            .raw
+            .clone()
+            .or_else(|| l.record.as_ref().map(|r| r.to_string()));
         println!("   {}", l.error);
         println!("      input: {}", what.unwrap_or_default());
         if l.error.location.is_empty() {

@@ -84,7 +84,8 @@ pub use error::{
     BoxError, CheckpointError, Error, ErrorKind, Location, RecordError, RecordErrorKind, Result,
 };
 pub use executor::{
-    BatchExecutor, ExecutorKind, MicroBatchExecutor, Outcome, RunReport, StreamExecutor, Trigger,
+    BatchExecutor, Executor, ExecutorKind, MicroBatchExecutor, Outcome, RunReport, StreamExecutor,
+    Trigger,
 };
 pub use pipeline::Pipeline;
 pub use sink::{BoxSink, DeliveryGuarantee, Sink};

@@ -17,7 +17,7 @@ use crate::adapters::{CollectSink, Collected, UpsertSink};
 use crate::dead_letter::DeadLetter;
 use crate::error::{Error, Result};
 use crate::executor::{
-    BatchExecutor, ExecutorKind, MicroBatchExecutor, RunReport, StreamExecutor, Trigger,
+    BatchExecutor, Executor, ExecutorKind, MicroBatchExecutor, RunReport, StreamExecutor, Trigger,
 };
 use crate::pipeline::Pipeline;
 use crate::sink::{DeliveryGuarantee, Sink};
@@ -421,7 +421,7 @@ where
     T: Transform<In = S::Item, Out = K::Item>,
     K: Sink,
 {
-    Modes::default().run(kind, pipeline).await
+    Executor::from(kind).run(pipeline).await
 }
 
 /// The three executors used by [`assert_modes_agree`], configurable so that tests can
@@ -461,6 +461,15 @@ impl Modes {
         }
     }
 
+    /// The executor of `kind`, as configured here.
+    pub fn executor(&self, kind: ExecutorKind) -> Executor {
+        match kind {
+            ExecutorKind::Batch => self.batch.clone().into(),
+            ExecutorKind::Stream => self.stream.clone().into(),
+            ExecutorKind::MicroBatch => self.micro_batch.clone().into(),
+        }
+    }
+
     /// Runs `pipeline` under `kind`.
     ///
     /// # Errors
@@ -475,11 +484,7 @@ impl Modes {
         T: Transform<In = S::Item, Out = K::Item>,
         K: Sink,
     {
-        match kind {
-            ExecutorKind::Batch => self.batch.run(pipeline).await,
-            ExecutorKind::Stream => self.stream.run(pipeline).await,
-            ExecutorKind::MicroBatch => self.micro_batch.run(pipeline).await,
-        }
+        self.executor(kind).run(pipeline).await
     }
 
     /// Builds a pipeline with `make` for each executor, runs it into a [`CollectSink`],

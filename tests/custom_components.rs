@@ -65,16 +65,21 @@ impl Sink for AlertStore {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, PartialOrd)]
+#[derive(Debug, Clone, PartialEq)]
 struct Alert {
     sensor: String,
     fahrenheit: f64,
 }
 
 impl Eq for Alert {}
+impl PartialOrd for Alert {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
 impl Ord for Alert {
     fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        self.partial_cmp(other).unwrap_or(std::cmp::Ordering::Equal)
+        (&self.sensor, self.fahrenheit.to_bits()).cmp(&(&other.sensor, other.fahrenheit.to_bits()))
     }
 }
 
@@ -157,7 +162,10 @@ async fn custom_source_and_sink_run_under_an_executor() {
     assert_eq!(report.records_read, 5);
     let m = store.0.lock().unwrap().clone();
     assert_eq!(m.len(), 3);
-    assert!((m["a"] - 105.8).abs() < 1e-9, "last alert for a wins: {m:?}");
+    assert!(
+        (m["a"] - 105.8).abs() < 1e-9,
+        "last alert for a wins: {m:?}"
+    );
 }
 
 #[tokio::test]

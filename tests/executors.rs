@@ -455,3 +455,55 @@ async fn a_corrupt_checkpoint_file_fails_the_run_instead_of_restarting() {
     assert!(out.is_empty(), "nothing was re-read from the beginning");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_stopped_batch_run_keeps_what_it_wrote_but_is_not_marked_complete() {
+    let store = MemoryCheckpointStore::new();
+    let script = vec![
+        Step::Records(vec![1u32, 2]),
+        Step::Wait(Duration::from_secs(60)),
+        Step::Records(vec![3]),
+    ];
+    let (sink, out) = CollectSink::new();
+    let p = Pipeline::new(
+        "b",
+        ScriptedSource::new(script),
+        transform::identity(),
+        sink,
+    )
+    .with_checkpoint_store(store.clone());
+    let shutdown = tokio::time::sleep(Duration::from_secs(1));
+    let r = BatchExecutor::new()
+        .run_key("k")
+        .run_until(p, shutdown)
+        .await
+        .unwrap();
+    assert_eq!(r.outcome, Outcome::Stopped);
+    assert_eq!(out.items(), vec![1, 2]);
+    assert!(
+        store.get("b").is_none(),
+        "no completion marker for a stopped run"
+    );
+}
+
+#[tokio::test]
+async fn the_executor_can_be_chosen_from_configuration() {
+    use batchstream::{Executor, ExecutorKind};
+    for name in ["batch", "stream", "micro-batch"] {
+        let executor: Executor = name.parse::<ExecutorKind>().unwrap().into();
+        let (sink, out) = CollectSink::new();
+        let p = Pipeline::new(
+            "cfg",
+            ScriptedSource::from_records(vec![1u8, 2]),
+            transform::identity(),
+            sink,
+        );
+        let r = executor.run(p).await.unwrap();
+        assert_eq!((r.executor.to_string(), out.len()), (name.to_string(), 2));
+    }
+    let err = "lambda".parse::<ExecutorKind>().unwrap_err();
+    assert!(
+        matches!(err, Error::Config(ref m) if m.contains("lambda")),
+        "{err}"
+    );
+}

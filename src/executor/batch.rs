@@ -96,14 +96,39 @@ impl BatchExecutor {
         T: Transform<In = S::Item, Out = K::Item>,
         K: Sink,
     {
-        self.clone().execute(pipeline)
+        self.clone().execute(pipeline, std::future::pending())
     }
 
-    async fn execute<S, T, K>(self, pipeline: Pipeline<S, T, K>) -> Result<RunReport>
+    /// Runs `pipeline` to the end of its source, or until `shutdown` completes. A
+    /// stopped run writes what it has processed, is not marked complete, and reports
+    /// [`Outcome::Stopped`]; running it again starts the range over.
+    ///
+    /// # Errors
+    /// As [`run`](BatchExecutor::run).
+    pub fn run_until<S, T, K, F>(
+        &self,
+        pipeline: Pipeline<S, T, K>,
+        shutdown: F,
+    ) -> impl Future<Output = Result<RunReport>> + use<S, T, K, F>
     where
         S: Source,
         T: Transform<In = S::Item, Out = K::Item>,
         K: Sink,
+        F: Future<Output = ()>,
+    {
+        self.clone().execute(pipeline, shutdown)
+    }
+
+    async fn execute<S, T, K, F>(
+        self,
+        pipeline: Pipeline<S, T, K>,
+        shutdown: F,
+    ) -> Result<RunReport>
+    where
+        S: Source,
+        T: Transform<In = S::Item, Out = K::Item>,
+        K: Sink,
+        F: Future<Output = ()>,
     {
         if pipeline.source.boundedness() == Boundedness::Unbounded {
             return Err(Error::UnboundedSource { executor: "batch" });
@@ -118,7 +143,17 @@ impl BatchExecutor {
             }
         }
         d.recover_sink().await?;
-        while let Some(batch) = d.source.next_batch(self.chunk_size).await? {
+        tokio::pin!(shutdown);
+        loop {
+            let next = tokio::select! {
+                biased;
+                () = &mut shutdown => {
+                    d.flush_sinks().await?;
+                    return Ok(d.finish(Outcome::Stopped));
+                }
+                next = d.source.next_batch(self.chunk_size) => next?,
+            };
+            let Some(batch) = next else { break };
             d.report.epochs += 1;
             d.process(batch).await?;
         }

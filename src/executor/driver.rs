@@ -175,6 +175,15 @@ where
         Ok(())
     }
 
+    /// Flushes the sink and the dead-letter sink.
+    pub(crate) async fn flush_sinks(&mut self) -> Result<()> {
+        self.sink.flush().await?;
+        if let Some(dlq) = &mut self.dead_letters {
+            dlq.flush().await?;
+        }
+        Ok(())
+    }
+
     /// Takes a checkpoint of progress so far (position and transform state) and, when
     /// `completed_run` is given, marks that batch run complete.
     ///
@@ -185,10 +194,7 @@ where
         progress: bool,
         completed_run: Option<&str>,
     ) -> Result<()> {
-        self.sink.flush().await?;
-        if let Some(dlq) = &mut self.dead_letters {
-            dlq.flush().await?;
-        }
+        self.flush_sinks().await?;
         let epoch = self.base.epoch + 1;
         self.sink.prepare(epoch).await?;
 

@@ -10,11 +10,13 @@
 //! and checkpoint, not in plumbing: the same pipeline and input give the same
 //! results under each.
 
+mod any;
 mod batch;
 pub(crate) mod driver;
 mod micro_batch;
 mod stream;
 
+pub use any::Executor;
 pub use batch::BatchExecutor;
 pub use micro_batch::{MicroBatchExecutor, Trigger};
 pub use stream::StreamExecutor;
@@ -43,6 +45,22 @@ impl fmt::Display for ExecutorKind {
     }
 }
 
+impl std::str::FromStr for ExecutorKind {
+    type Err = crate::Error;
+
+    /// Parses `batch`, `stream` or `micro-batch` (also `micro_batch`, `microbatch`).
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "batch" => Ok(ExecutorKind::Batch),
+            "stream" | "streaming" => Ok(ExecutorKind::Stream),
+            "micro-batch" | "micro_batch" | "microbatch" => Ok(ExecutorKind::MicroBatch),
+            other => Err(crate::Error::Config(format!(
+                "unknown executor `{other}`: expected `batch`, `stream` or `micro-batch`"
+            ))),
+        }
+    }
+}
+
 /// How a run ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
@@ -54,7 +72,8 @@ pub enum Outcome {
         /// Why it was skipped.
         reason: String,
     },
-    /// A shutdown signal stopped the run after a final checkpoint.
+    /// A shutdown signal stopped the run. Stream and micro-batch runs take a final
+    /// checkpoint first; a stopped batch run is not marked complete.
     Stopped,
 }
 
