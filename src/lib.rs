@@ -59,7 +59,8 @@
 //!
 //! ## Modules
 //! - [`source`], [`transform`], [`sink`], [`checkpoint`]: the four core abstractions.
-//! - [`executor`]: the three executors and their [`RunReport`].
+//! - [`executor`]: the three executors, [`Executor`] to pick one from configuration,
+//!   and the [`RunReport`].
 //! - [`adapters`]: iterators, collections, channels, `futures` bridges, NDJSON/CSV files.
 //! - [`testing`]: helpers for testing your transforms and pipelines.
 

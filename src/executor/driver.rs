@@ -146,7 +146,9 @@ where
 
     async fn write_out(&mut self) -> Result<()> {
         if !self.out.records.is_empty() {
-            let batch = std::mem::take(&mut self.out.records);
+            // Hand the sink the filled Vec; start the next one at the same size.
+            let n = self.out.records.len();
+            let batch = std::mem::replace(&mut self.out.records, Vec::with_capacity(n));
             self.report.records_written += batch.len() as u64;
             self.sink.write(batch).await?;
         }

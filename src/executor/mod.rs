@@ -6,7 +6,7 @@
 //! | [`StreamExecutor`] | unbounded or bounded | after every source batch | every N records / T time, and on shutdown |
 //! | [`MicroBatchExecutor`] | either | once per trigger | once per micro-batch |
 //!
-//! All three share one driver ([`driver`]), so they differ only in when they flush
+//! All three share one internal driver, so they differ only in when they flush
 //! and checkpoint, not in plumbing: the same pipeline and input give the same
 //! results under each.
 
