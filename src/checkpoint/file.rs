@@ -88,7 +88,7 @@ impl FileCheckpointStore {
         let mut gens = self.generations(pipeline_id)?;
         gens.pop();
         match gens.pop() {
-            Some(g) => read_file(&self.path_for(pipeline_id, g), pipeline_id).map(Some),
+            Some(g) => read_file(&self.path_for(pipeline_id, g), pipeline_id, g).map(Some),
             None => Ok(None),
         }
     }
@@ -116,7 +116,7 @@ impl FileCheckpointStore {
             let Some(digits) = rest.strip_suffix(".ckpt") else {
                 continue;
             };
-            if digits.len() == 20 {
+            if digits.len() == 20 && digits.bytes().all(|b| b.is_ascii_digit()) {
                 if let Ok(g) = digits.parse::<u64>() {
                     gens.push(g);
                 }
@@ -128,7 +128,7 @@ impl FileCheckpointStore {
 
     fn load_sync(&self, pipeline_id: &str) -> Result<Option<Checkpoint>, CheckpointError> {
         match self.generations(pipeline_id)?.pop() {
-            Some(g) => read_file(&self.path_for(pipeline_id, g), pipeline_id).map(Some),
+            Some(g) => read_file(&self.path_for(pipeline_id, g), pipeline_id, g).map(Some),
             None => Ok(None),
         }
     }
@@ -245,7 +245,11 @@ fn decode(bytes: &[u8]) -> Result<(u64, &[u8]), String> {
     Ok((generation, body))
 }
 
-fn read_file(path: &Path, pipeline_id: &str) -> Result<Checkpoint, CheckpointError> {
+fn read_file(
+    path: &Path,
+    pipeline_id: &str,
+    generation: u64,
+) -> Result<Checkpoint, CheckpointError> {
     let bytes = fs::read(path).map_err(|source| CheckpointError::Io {
         path: path.to_path_buf(),
         source,
@@ -254,7 +258,12 @@ fn read_file(path: &Path, pipeline_id: &str) -> Result<Checkpoint, CheckpointErr
         path: path.to_path_buf(),
         reason,
     };
-    let (_, body) = decode(&bytes).map_err(corrupt)?;
+    let (stored, body) = decode(&bytes).map_err(corrupt)?;
+    if stored != generation {
+        return Err(corrupt(format!(
+            "holds generation {stored}, but its name says generation {generation}"
+        )));
+    }
     let ck: Checkpoint = serde_json::from_slice(body).map_err(|e| {
         corrupt(format!(
             "checksum matches but the body does not decode: {e}"

@@ -37,10 +37,21 @@ pub struct Checkpoint {
     /// Increases by one with every saved checkpoint; the sink's two-phase epoch.
     pub epoch: u64,
     /// The source position after the last record included, as JSON; `None` before any.
+    /// (`Some(null)` is kept distinct from `None`: a position may serialize to `null`.)
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "present"
+    )]
     pub source_position: Option<serde_json::Value>,
     /// The transform chain's state, as returned by `Transform::snapshot`.
     pub transform_state: serde_json::Value,
     /// A sink-specific token (e.g. a transaction id), if the sink uses one.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "present"
+    )]
     pub sink_token: Option<serde_json::Value>,
     /// Run keys of batch runs that completed (a second run of one is skipped).
     pub completed_runs: BTreeSet<String>,
@@ -61,6 +72,12 @@ impl Checkpoint {
             created_at: Utc::now(),
         }
     }
+}
+
+/// A field that is present decodes as `Some`, even when it is `null`; an absent one is
+/// `None` (through `#[serde(default)]`).
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<serde_json::Value>, D::Error> {
+    serde_json::Value::deserialize(d).map(Some)
 }
 
 /// Loads and atomically saves [`Checkpoint`]s.
