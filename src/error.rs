@@ -357,6 +357,11 @@ pub enum RecordErrorKind {
     Transform,
     /// A sink refused it permanently.
     Sink,
+    /// Its event time could not be read (a missing or unparsable timestamp).
+    Timestamp,
+    /// It arrived after the watermark had passed its window's end plus the allowed
+    /// lateness.
+    Late,
 }
 
 impl fmt::Display for RecordErrorKind {
@@ -365,6 +370,8 @@ impl fmt::Display for RecordErrorKind {
             RecordErrorKind::Parse => "parse",
             RecordErrorKind::Transform => "transform",
             RecordErrorKind::Sink => "sink",
+            RecordErrorKind::Timestamp => "timestamp",
+            RecordErrorKind::Late => "late",
         })
     }
 }

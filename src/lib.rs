@@ -78,6 +78,7 @@ pub mod sink;
 pub mod source;
 pub mod testing;
 pub mod transform;
+pub mod window;
 
 pub use checkpoint::{Checkpoint, CheckpointStore};
 pub use dead_letter::DeadLetter;

@@ -10,6 +10,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::hash::Hash;
 
+use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use serde_json::Value;
 
@@ -34,6 +35,12 @@ impl<T: fmt::Debug, F> fmt::Debug for KeyBy<T, F> {
 impl<T, F> KeyBy<T, F> {
     pub(super) fn new(inner: T, key: F) -> Self {
         KeyBy { inner, key }
+    }
+
+    /// Splits into the transform before the key and the key function (for operators
+    /// such as windows that take the key themselves).
+    pub(crate) fn into_parts(self) -> (T, F) {
+        (self.inner, self.key)
     }
 }
 
@@ -79,6 +86,13 @@ where
             out,
         };
         self.inner.flush(&mut ke);
+    }
+    fn on_watermark<E: Emit<(K, T::Out)>>(&mut self, watermark: DateTime<Utc>, out: &mut E) {
+        let mut ke = KeyEmit {
+            key: &mut self.key,
+            out,
+        };
+        self.inner.on_watermark(watermark, &mut ke);
     }
     fn snapshot(&self) -> Result<Value> {
         self.inner.snapshot()

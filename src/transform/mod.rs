@@ -30,6 +30,7 @@ pub use ops::{FilterFn, FlatMapFn, Identity, InspectFn, MapFn, Then, TryMapFn};
 
 use std::marker::PhantomData;
 
+use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use crate::dead_letter::DeadLetter;
@@ -136,6 +137,16 @@ pub trait Transform {
     /// End of an epoch or of the input: emit what is pending (e.g. updated aggregates).
     fn flush<E: Emit<Self::Out>>(&mut self, out: &mut E) {
         let _ = out;
+    }
+
+    /// The event-time watermark advanced to `watermark`: no record with an earlier
+    /// event time is expected any more (later ones are *late*). Event-time operators
+    /// (windows) close what can no longer change and free its state. Called between
+    /// records, in source order, so lateness does not depend on batch boundaries; at the
+    /// end of input the executors send [`DateTime::<Utc>::MAX_UTC`](chrono::DateTime::MAX_UTC).
+    /// Default: nothing.
+    fn on_watermark<E: Emit<Self::Out>>(&mut self, watermark: DateTime<Utc>, out: &mut E) {
+        let _ = (watermark, out);
     }
 
     /// The transform's state, for a checkpoint. Default: `null` (stateless).

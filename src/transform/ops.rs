@@ -3,6 +3,7 @@
 use std::fmt;
 use std::marker::PhantomData;
 
+use chrono::{DateTime, Utc};
 use serde::Serialize;
 use serde_json::Value;
 
@@ -102,6 +103,17 @@ where
         };
         self.first.flush(&mut fwd);
         self.second.flush(out);
+    }
+
+    fn on_watermark<E: Emit<B::Out>>(&mut self, watermark: DateTime<Utc>, out: &mut E) {
+        // What the first stage releases flows through the second before the second
+        // sees the watermark itself.
+        let mut fwd = Forward {
+            next: &mut self.second,
+            out,
+        };
+        self.first.on_watermark(watermark, &mut fwd);
+        self.second.on_watermark(watermark, out);
     }
 
     fn snapshot(&self) -> Result<Value> {
