@@ -72,6 +72,7 @@ pub mod adapters;
 pub mod checkpoint;
 pub mod dead_letter;
 pub mod error;
+pub mod event_time;
 pub mod executor;
 pub mod pipeline;
 pub mod sink;

@@ -5,6 +5,7 @@ use std::fmt;
 
 use crate::checkpoint::{BoxCheckpointStore, CheckpointStore};
 use crate::dead_letter::DeadLetter;
+use crate::event_time::EventTime;
 use crate::sink::{BoxSink, Sink};
 use crate::source::Source;
 use crate::transform::Transform;
@@ -30,13 +31,15 @@ use crate::transform::Transform;
 /// assert_eq!(out.items(), vec![2, 4, 6]);
 /// # Ok(()) }
 /// ```
-pub struct Pipeline<S, T, K> {
+pub struct Pipeline<S: Source, T, K> {
     pub(crate) id: String,
     pub(crate) source: S,
     pub(crate) transform: T,
     pub(crate) sink: K,
     pub(crate) checkpoints: Option<BoxCheckpointStore>,
     pub(crate) dead_letters: Option<BoxSink<DeadLetter>>,
+    pub(crate) late: Option<BoxSink<DeadLetter>>,
+    pub(crate) event_time: Option<EventTime<S::Item>>,
 }
 
 impl<S, T, K> Pipeline<S, T, K>
@@ -55,11 +58,13 @@ where
             sink,
             checkpoints: None,
             dead_letters: None,
+            late: None,
+            event_time: None,
         }
     }
 }
 
-impl<S, T, K> Pipeline<S, T, K> {
+impl<S: Source, T, K> Pipeline<S, T, K> {
     /// Saves checkpoints to `store` and resumes from it.
     pub fn with_checkpoint_store(mut self, store: impl CheckpointStore + 'static) -> Self {
         self.checkpoints = Some(BoxCheckpointStore::new(store));
@@ -72,18 +77,35 @@ impl<S, T, K> Pipeline<S, T, K> {
         self
     }
 
+    /// Tracks event time and watermarks as `event_time` says; the transforms see the
+    /// watermark through [`Transform::on_watermark`]. See [`crate::event_time`].
+    pub fn with_event_time(mut self, event_time: EventTime<S::Item>) -> Self {
+        self.event_time = Some(event_time);
+        self
+    }
+
+    /// Sends records that arrive after their window closed (kind
+    /// [`Late`](crate::RecordErrorKind::Late)) to `sink`. Without one, late records are
+    /// counted in [`RunReport::late`](crate::RunReport::late) and not written anywhere.
+    pub fn with_late_sink(mut self, sink: impl Sink<Item = DeadLetter> + 'static) -> Self {
+        self.late = Some(BoxSink::new(sink));
+        self
+    }
+
     /// The pipeline id.
     pub fn id(&self) -> &str {
         &self.id
     }
 }
 
-impl<S, T, K> fmt::Debug for Pipeline<S, T, K> {
+impl<S: Source, T, K> fmt::Debug for Pipeline<S, T, K> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Pipeline")
             .field("id", &self.id)
             .field("checkpoints", &self.checkpoints.is_some())
             .field("dead_letters", &self.dead_letters.is_some())
+            .field("late", &self.late.is_some())
+            .field("event_time", &self.event_time)
             .finish_non_exhaustive()
     }
 }

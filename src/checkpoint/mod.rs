@@ -53,6 +53,13 @@ pub struct Checkpoint {
         deserialize_with = "present"
     )]
     pub sink_token: Option<serde_json::Value>,
+    /// The watermark tracker's state (current watermark, per-partition progress).
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "present"
+    )]
+    pub watermarks: Option<serde_json::Value>,
     /// Run keys of batch runs that completed (a second run of one is skipped).
     pub completed_runs: BTreeSet<String>,
     /// When this checkpoint was taken.
@@ -68,6 +75,7 @@ impl Checkpoint {
             source_position: None,
             transform_state: serde_json::Value::Null,
             sink_token: None,
+            watermarks: None,
             completed_runs: BTreeSet::new(),
             created_at: Utc::now(),
         }

@@ -157,7 +157,7 @@ impl BatchExecutor {
             d.report.epochs += 1;
             d.process(batch).await?;
         }
-        d.end_epoch().await?;
+        d.end_of_input().await?;
         d.checkpoint(false, self.run_key.as_deref()).await?;
         Ok(d.finish(Outcome::Completed))
     }

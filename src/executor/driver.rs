@@ -8,7 +8,10 @@ use std::time::Instant;
 
 use crate::checkpoint::{BoxCheckpointStore, Checkpoint, CheckpointStore};
 use crate::dead_letter::DeadLetter;
-use crate::error::{Error, Result};
+use chrono::{DateTime, Utc};
+
+use crate::error::{Error, Location, RecordError, RecordErrorKind, Result};
+use crate::event_time::WatermarkTracker;
 use crate::executor::{ExecutorKind, Outcome, RunReport};
 use crate::pipeline::Pipeline;
 use crate::sink::{BoxSink, Sink};
@@ -22,6 +25,8 @@ pub(crate) struct Driver<S: Source, T, K: Sink> {
     sink: K,
     store: Option<BoxCheckpointStore>,
     dead_letters: Option<BoxSink<DeadLetter>>,
+    late: Option<BoxSink<DeadLetter>>,
+    watermarks: Option<WatermarkTracker<S::Item>>,
     out: VecEmitter<K::Item>,
     /// The checkpoint loaded at start, or the last one saved.
     base: Checkpoint,
@@ -48,6 +53,9 @@ where
             records_read: 0,
             records_written: 0,
             dead_lettered: 0,
+            late: 0,
+            watermark: None,
+            watermark_regressions: 0,
             checkpoints: 0,
             epochs: 0,
             resumed_from_epoch: None,
@@ -61,6 +69,8 @@ where
             sink: p.sink,
             store: p.checkpoints,
             dead_letters: p.dead_letters,
+            late: p.late,
+            watermarks: p.event_time.map(WatermarkTracker::new),
             out: VecEmitter::new(),
             position: None,
             dirty: false,
@@ -92,6 +102,9 @@ where
         }
         self.sink.recover(Some(self.base.epoch)).await?;
         self.transform.restore(self.base.transform_state.clone())?;
+        if let (Some(w), Some(state)) = (&mut self.watermarks, &self.base.watermarks) {
+            w.restore(state.clone())?;
+        }
         if let Some(pos) = &self.base.source_position {
             let pos: S::Position = serde_json::from_value(pos.clone()).map_err(|e| {
                 Error::restore_failed(
@@ -132,7 +145,41 @@ where
         } = batch;
         self.report.records_read += (records.len() + rejected.len()) as u64;
         self.out.dead_letters.extend(rejected);
-        self.transform.process_batch(records, &mut self.out);
+        match &mut self.watermarks {
+            None => self.transform.process_batch(records, &mut self.out),
+            Some(w) => {
+                // Event time: the watermark advances record by record, and the
+                // transforms hear of it before the record that advanced it.
+                if let Some(wm) = w.on_batch() {
+                    self.transform.on_watermark(wm, &mut self.out);
+                }
+                for (i, item) in records.into_iter().enumerate() {
+                    match w.observe(&item) {
+                        Ok(advanced) => {
+                            if let Some(wm) = advanced {
+                                self.transform.on_watermark(wm, &mut self.out);
+                            }
+                            self.transform.process(item, &mut self.out);
+                        }
+                        Err(message) => {
+                            let location = Location {
+                                index_in_batch: Some(i as u64),
+                                ..Location::default()
+                            };
+                            let error = RecordError::new(
+                                RecordErrorKind::Timestamp,
+                                "event-time",
+                                message,
+                                location,
+                            );
+                            self.out
+                                .dead_letters
+                                .push(DeadLetter::rejected(error, None));
+                        }
+                    }
+                }
+            }
+        }
         self.position = Some(position);
         self.dirty = true;
         self.write_out().await
@@ -142,6 +189,22 @@ where
     pub(crate) async fn end_epoch(&mut self) -> Result<()> {
         self.transform.flush(&mut self.out);
         self.write_out().await
+    }
+
+    /// The input is finished: a final watermark closes every window, and what it
+    /// releases is written. Returns whether that wrote anything (which then needs a
+    /// checkpoint, so that a restart does not release it again).
+    pub(crate) async fn end_of_input(&mut self) -> Result<bool> {
+        let before = self.report.records_written + self.report.dead_lettered + self.report.late;
+        self.transform
+            .on_watermark(DateTime::<Utc>::MAX_UTC, &mut self.out);
+        self.report.watermark = Some(DateTime::<Utc>::MAX_UTC);
+        self.end_epoch().await?;
+        let after = self.report.records_written + self.report.dead_lettered + self.report.late;
+        if after != before {
+            self.dirty = true;
+        }
+        Ok(after != before)
     }
 
     async fn write_out(&mut self) -> Result<()> {
@@ -163,6 +226,22 @@ where
                     l.position = pos.clone();
                 }
             }
+            if letters
+                .iter()
+                .any(|l| l.error.kind == RecordErrorKind::Late)
+            {
+                let (late, rest): (Vec<_>, Vec<_>) = letters
+                    .into_iter()
+                    .partition(|l| l.error.kind == RecordErrorKind::Late);
+                letters = rest;
+                self.report.late += late.len() as u64;
+                if let Some(sink) = &mut self.late {
+                    sink.write(late).await?;
+                }
+                if letters.is_empty() {
+                    return Ok(());
+                }
+            }
             match &mut self.dead_letters {
                 Some(dlq) => {
                     self.report.dead_lettered += letters.len() as u64;
@@ -182,6 +261,9 @@ where
         self.sink.flush().await?;
         if let Some(dlq) = &mut self.dead_letters {
             dlq.flush().await?;
+        }
+        if let Some(late) = &mut self.late {
+            late.flush().await?;
         }
         Ok(())
     }
@@ -208,6 +290,7 @@ where
         if let Some(store) = &self.store {
             if progress {
                 self.base.transform_state = self.transform.snapshot()?;
+                self.base.watermarks = self.watermarks.as_ref().map(|w| w.snapshot());
                 if let Some(p) = &self.position {
                     self.base.source_position = Some(
                         serde_json::to_value(p)
@@ -231,6 +314,12 @@ where
     }
 
     pub(crate) fn finish(mut self, outcome: Outcome) -> RunReport {
+        if let Some(w) = &self.watermarks {
+            self.report.watermark_regressions = w.regressions;
+            if self.report.watermark.is_none() {
+                self.report.watermark = w.current();
+            }
+        }
         self.report.outcome = outcome;
         self.report.duration = self.started.elapsed();
         self.report

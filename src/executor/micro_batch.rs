@@ -189,9 +189,17 @@ impl MicroBatchExecutor {
                     },
                 }
             }
-            if d.is_dirty() {
+            let read_something = d.is_dirty();
+            if read_something {
                 d.report.epochs += 1;
+            }
+            if ended {
+                // The final watermark may release results: they belong to this epoch.
+                d.end_of_input().await?;
+            } else {
                 d.end_epoch().await?;
+            }
+            if d.is_dirty() {
                 d.checkpoint(true, None).await?;
             }
             if ended {

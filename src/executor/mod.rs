@@ -95,6 +95,14 @@ pub struct RunReport {
     pub records_written: u64,
     /// Records sent to the dead-letter sink.
     pub dead_lettered: u64,
+    /// Records that arrived after their window had closed (sent to the late sink if
+    /// the pipeline has one, else only counted here).
+    pub late: u64,
+    /// The event-time watermark at the end of the run (`None` without event time, or
+    /// before any record). A finished input ends at `DateTime::<Utc>::MAX_UTC`.
+    pub watermark: Option<chrono::DateTime<chrono::Utc>>,
+    /// Watermarks that would have gone backwards and were ignored.
+    pub watermark_regressions: u64,
     /// Checkpoints saved.
     pub checkpoints: u64,
     /// Epochs run: micro-batches for the micro-batch executor, source batches for the
@@ -126,10 +134,11 @@ impl fmt::Display for RunReport {
         }
         write!(
             f,
-            "; read {}, written {}, dead-lettered {}, {} epochs, {} checkpoints, {:.1?}",
+            "; read {}, written {}, dead-lettered {}, late {}, {} epochs, {} checkpoints, {:.1?}",
             self.records_read,
             self.records_written,
             self.dead_lettered,
+            self.late,
             self.epochs,
             self.checkpoints,
             self.duration

@@ -164,7 +164,12 @@ impl StreamExecutor {
                 }
             }
         };
-        d.end_epoch().await?;
+        if outcome == Outcome::Completed {
+            // The final watermark may release results (then the driver is dirty).
+            d.end_of_input().await?;
+        } else {
+            d.end_epoch().await?;
+        }
         if d.is_dirty() || d.report.checkpoints == 0 {
             d.checkpoint(true, None).await?;
         }
