@@ -507,3 +507,37 @@ async fn the_executor_can_be_chosen_from_configuration() {
         "{err}"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn stream_emit_interval_batches_upserts_without_changing_the_result() {
+    let mut script = Vec::new();
+    for i in 0..20u32 {
+        script.push(Step::Records(vec![i % 2, i % 2]));
+        script.push(Step::Wait(Duration::from_millis(100)));
+    }
+    let run = |emit: Option<Duration>| {
+        let script = script.clone();
+        async move {
+            let (sink, table) = UpsertSink::new();
+            let logic = transform::identity::<u32>()
+                .key_by(|x| *x)
+                .fold(0u32, |n, _| *n += 1);
+            let p = Pipeline::new("emit", ScriptedSource::new(script).unbounded(), logic, sink);
+            let mut exec = StreamExecutor::new();
+            if let Some(e) = emit {
+                exec = exec.emit_interval(e);
+            }
+            let r = exec.run(p).await.unwrap();
+            (r.records_written, table.snapshot())
+        }
+    };
+    let (every_batch, t1) = run(None).await;
+    let (every_second, t2) = run(Some(Duration::from_secs(1))).await;
+    assert_eq!(t1, t2);
+    assert_eq!(t1, [(0, 20), (1, 20)].into_iter().collect());
+    assert_eq!(every_batch, 20, "one upsert per batch");
+    assert!(
+        every_second <= 6,
+        "about one upsert per second: {every_second}"
+    );
+}
