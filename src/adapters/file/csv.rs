@@ -1,24 +1,20 @@
 //! CSV files with a header line, read and written with the `csv` crate.
 
 use std::fmt;
-use std::fs::File;
-use std::io::{self, BufWriter, Read, Seek, SeekFrom, Write};
+use std::io::{self, Read, Seek, SeekFrom};
 use std::marker::PhantomData;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use ::csv::{ReaderBuilder, StringRecord, Terminator, WriterBuilder};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use super::{FilePosition, LineReader, MIN_POLL, flush_and_sync, open_for_write};
-use crate::dead_letter::DeadLetter;
-use crate::error::{Error, Location, RecordError, RecordErrorKind, Result};
+use super::FilePosition;
+use super::lines::{FileWriter, LineDecoder, LineReader, LineSource};
+use crate::error::{Error, Result};
 use crate::sink::Sink;
 use crate::source::{Boundedness, Source, SourceBatch};
-
-/// The stage name of CSV parse errors.
-const STAGE: &str = "csv";
 
 /// A source reading rows of a CSV file with a header line, decoding each row into a `T`
 /// by header name (a struct) or by position (a tuple).
@@ -43,24 +39,14 @@ const STAGE: &str = "csv";
 /// (it fails if the offset is past the end of the file, inside the header or not at the
 /// start of a line). Read failures are [`Error::Io`] naming the file.
 pub struct CsvSource<T> {
-    lines: LineReader,
-    poll: Option<Duration>,
-    headers: Option<StringRecord>,
-    /// Byte offset just after the header line (valid when `headers` is set).
-    header_end: u64,
-    /// Scratch space for decoding a row.
-    row: RowDecoder,
-    _records: PhantomData<fn() -> T>,
+    inner: LineSource<CsvDecoder<T>>,
 }
 
 impl<T> fmt::Debug for CsvSource<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("CsvSource")
-            .field("path", &self.lines.path)
-            .field("position", &self.lines.position)
-            .field("headers", &self.headers)
-            .field("tail_poll_interval", &self.poll)
-            .finish_non_exhaustive()
+        let headers = &self.inner.decoder.headers;
+        self.inner
+            .fmt_debug(f, "CsvSource", &[("headers", headers)])
     }
 }
 
@@ -72,51 +58,80 @@ impl<T: DeserializeOwned> CsvSource<T> {
     /// [`Error::Io`] naming `path` if the file cannot be opened or read;
     /// [`Error::Source`] if its header line is not valid CSV.
     pub fn open(path: impl AsRef<Path>) -> Result<Self> {
-        let mut source = CsvSource {
-            lines: LineReader::open(path.as_ref())?,
-            poll: None,
-            headers: None,
-            header_end: 0,
-            row: RowDecoder::default(),
-            _records: PhantomData,
-        };
-        // Only a complete header line now: whether a partial one is complete depends on
-        // tail mode, which is not chosen yet.
-        source.lines.follow = true;
-        let read = source.read_header();
-        source.lines.follow = false;
-        read?;
-        Ok(source)
+        let mut inner = LineSource::open(path.as_ref(), CsvDecoder::new())?;
+        inner.prepare()?;
+        Ok(CsvSource { inner })
     }
 
     /// Tail mode: the source becomes unbounded and follows the growing file. At the end
     /// of the file it waits `poll_interval` (at least 1 ms) and reads again; a last line
     /// without `'\n'` is read only once its newline arrives.
     pub fn tail(mut self, poll_interval: Duration) -> Self {
-        self.poll = Some(poll_interval.max(MIN_POLL));
-        self.lines.follow = true;
+        self.inner.tail(poll_interval);
         self
     }
 
     /// The file read.
     pub fn path(&self) -> &Path {
-        &self.lines.path
+        self.inner.path()
     }
 
     /// The position after the last line read.
     pub fn position(&self) -> FilePosition {
-        self.lines.position.clone()
+        self.inner.position()
     }
 
     /// The header fields, once the header line has been read.
     pub fn headers(&self) -> Option<Vec<&str>> {
-        self.headers.as_ref().map(|h| h.iter().collect())
+        let headers = self.inner.decoder.headers.as_ref();
+        headers.map(|h| h.iter().collect())
+    }
+}
+
+impl<T: DeserializeOwned + Send + 'static> Source for CsvSource<T> {
+    type Item = T;
+    type Position = FilePosition;
+
+    fn boundedness(&self) -> Boundedness {
+        self.inner.boundedness()
+    }
+
+    async fn next_batch(&mut self, max: usize) -> Result<Option<SourceBatch<T, FilePosition>>> {
+        self.inner.next_batch(max).await
+    }
+
+    /// Moves to `position`. Offset 0 starts over (the header is read again); any other
+    /// offset must be after the header line, whose fields are kept for decoding.
+    async fn seek(&mut self, position: FilePosition) -> Result<()> {
+        self.inner.seek(position)
+    }
+}
+
+/// Decodes each line as one CSV row, by the header: the first non-empty line, which it
+/// reads and keeps. Empty lines are blank.
+struct CsvDecoder<T> {
+    headers: Option<StringRecord>,
+    /// Byte offset just after the header line (valid when `headers` is set).
+    header_end: u64,
+    /// Scratch space for decoding a row.
+    row: RowDecoder,
+    _records: PhantomData<fn() -> T>,
+}
+
+impl<T> CsvDecoder<T> {
+    fn new() -> Self {
+        CsvDecoder {
+            headers: None,
+            header_end: 0,
+            row: RowDecoder::default(),
+            _records: PhantomData,
+        }
     }
 
     /// Reads the header line if it is not known yet and is available.
-    fn read_header(&mut self) -> Result<()> {
+    fn read_header(&mut self, lines: &mut LineReader) -> Result<()> {
         while self.headers.is_none() {
-            let Some(line) = self.lines.next_line()? else {
+            let Some(line) = lines.next_line()? else {
                 return Ok(());
             };
             if line.bytes.is_empty() {
@@ -130,109 +145,57 @@ impl<T: DeserializeOwned> CsvSource<T> {
                 ))
             })?;
             self.headers = Some(headers.clone());
-            self.header_end = self.lines.position.offset;
-        }
-        Ok(())
-    }
-
-    /// Reads complete rows without waiting, until `max` records and rejected rows are
-    /// collected or the available input ends.
-    fn read_available(
-        &mut self,
-        max: usize,
-        records: &mut Vec<T>,
-        rejected: &mut Vec<DeadLetter>,
-    ) -> Result<()> {
-        self.read_header()?;
-        let Some(headers) = &self.headers else {
-            return Ok(());
-        };
-        while records.len() + rejected.len() < max {
-            let Some(line) = self.lines.next_line()? else {
-                break;
-            };
-            if line.bytes.is_empty() {
-                continue;
-            }
-            let decoded = self.row.decode(line.bytes).and_then(|row| {
-                if row.len() != headers.len() {
-                    return Err(format!(
-                        "the row has {} fields but the header has {}",
-                        row.len(),
-                        headers.len()
-                    ));
-                }
-                row.deserialize::<T>(Some(headers))
-                    .map_err(|e| describe(&e, headers))
-            });
-            match decoded {
-                Ok(record) => records.push(record),
-                Err(message) => {
-                    let location = Location::in_file(line.path, line.number, line.offset);
-                    rejected.push(DeadLetter::unparsed(
-                        RecordError::new(RecordErrorKind::Parse, STAGE, message, location),
-                        String::from_utf8_lossy(line.bytes),
-                    ));
-                }
-            }
+            self.header_end = lines.position().offset;
         }
         Ok(())
     }
 }
 
-impl<T: DeserializeOwned + Send + 'static> Source for CsvSource<T> {
-    type Item = T;
-    type Position = FilePosition;
+impl<T: DeserializeOwned> LineDecoder for CsvDecoder<T> {
+    type Record = T;
 
-    fn boundedness(&self) -> Boundedness {
-        if self.poll.is_some() {
-            Boundedness::Unbounded
-        } else {
-            Boundedness::Bounded
-        }
+    const STAGE: &'static str = "csv";
+
+    fn is_blank(line: &[u8]) -> bool {
+        line.is_empty()
     }
 
-    async fn next_batch(&mut self, max: usize) -> Result<Option<SourceBatch<T, FilePosition>>> {
-        if max == 0 {
-            return Ok(Some(SourceBatch::new(Vec::new(), self.position())));
+    fn decode(&mut self, line: &[u8]) -> std::result::Result<T, String> {
+        let Some(headers) = &self.headers else {
+            // Not reached: rows are decoded only once `ready` has read the header.
+            return Err("the csv header is not read yet".to_string());
+        };
+        let row = self.row.decode(line)?;
+        if row.len() != headers.len() {
+            return Err(format!(
+                "the row has {} fields but the header has {}",
+                row.len(),
+                headers.len()
+            ));
         }
-        loop {
-            let mut records = Vec::new();
-            let mut rejected = Vec::new();
-            self.read_available(max, &mut records, &mut rejected)?;
-            if !records.is_empty() || !rejected.is_empty() {
-                let batch = SourceBatch::new(records, self.position());
-                return Ok(Some(batch.with_rejected(rejected)));
-            }
-            match self.poll {
-                None => return Ok(None),
-                Some(interval) => {
-                    self.lines.check_not_truncated()?;
-                    // The only await: dropping it loses nothing, all progress is in `self`.
-                    tokio::time::sleep(interval).await;
-                }
-            }
-        }
+        row.deserialize::<T>(Some(headers))
+            .map_err(|e| describe(&e, headers))
     }
 
-    /// Moves to `position`. Offset 0 starts over (the header is read again); any other
-    /// offset must be after the header line, whose fields are kept for decoding.
-    async fn seek(&mut self, position: FilePosition) -> Result<()> {
+    fn ready(&mut self, lines: &mut LineReader) -> Result<bool> {
+        self.read_header(lines)?;
+        Ok(self.headers.is_some())
+    }
+
+    /// Offset 0 starts over (the header is read again); any other offset must be after
+    /// the header line, which is read first if it is not known yet.
+    fn before_seek(&mut self, lines: &mut LineReader, position: &FilePosition) -> Result<()> {
         if position.offset == 0 {
             self.headers = None;
-            return self.lines.seek(position);
+            return Ok(());
         }
         if self.headers.is_none() {
-            let follow = self.lines.follow;
-            self.lines.seek(FilePosition::default())?;
-            self.lines.follow = true;
-            let read = self.read_header();
-            self.lines.follow = follow;
-            read?;
+            lines.seek(FilePosition::default())?;
+            lines.complete_lines_only(|lines| self.read_header(lines))?;
             if self.headers.is_none() {
                 return Err(Error::source(format!(
                     "cannot resume {} at byte offset {}: the file has no complete csv header line",
-                    self.lines.path.display(),
+                    lines.path().display(),
                     position.offset
                 )));
             }
@@ -241,12 +204,12 @@ impl<T: DeserializeOwned + Send + 'static> Source for CsvSource<T> {
             return Err(Error::source(format!(
                 "cannot resume {} at byte offset {}: it is inside the csv header, which ends at \
                  byte offset {}",
-                self.lines.path.display(),
+                lines.path().display(),
                 position.offset,
                 self.header_end
             )));
         }
-        self.lines.seek(position)
+        Ok(())
     }
 }
 
@@ -375,8 +338,7 @@ impl Seek for LineInput {
 /// encoded (e.g. a nested struct) fails the batch without leaving half a row.
 /// At-least-once.
 pub struct CsvSink<T> {
-    path: PathBuf,
-    writer: BufWriter<File>,
+    file: FileWriter,
     /// Whether the header must still be written (before the first row).
     needs_header: bool,
     _records: PhantomData<fn(T)>,
@@ -385,7 +347,7 @@ pub struct CsvSink<T> {
 impl<T> fmt::Debug for CsvSink<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("CsvSink")
-            .field("path", &self.path)
+            .field("path", &self.file.path())
             .field("needs_header", &self.needs_header)
             .finish_non_exhaustive()
     }
@@ -410,10 +372,9 @@ impl<T: Serialize> CsvSink<T> {
     }
 
     fn new(path: &Path, append: bool) -> Result<Self> {
-        let (file, empty) = open_for_write(path, append)?;
+        let (file, empty) = FileWriter::open(path, append)?;
         Ok(CsvSink {
-            path: path.to_path_buf(),
-            writer: BufWriter::new(file),
+            file,
             needs_header: empty,
             _records: PhantomData,
         })
@@ -421,7 +382,7 @@ impl<T: Serialize> CsvSink<T> {
 
     /// The file written.
     pub fn path(&self) -> &Path {
-        &self.path
+        self.file.path()
     }
 
     fn write_batch(&mut self, batch: &[T]) -> Result<()> {
@@ -433,28 +394,17 @@ impl<T: Serialize> CsvSink<T> {
             .from_writer(Vec::new());
         for (i, record) in batch.iter().enumerate() {
             encoder.serialize(record).map_err(|e| {
-                Error::sink(
-                    "write",
-                    format!(
-                        "record {i} of the batch could not be encoded as csv for {}: {e}",
-                        self.path.display()
-                    ),
+                self.file.write_error(
+                    format_args!("record {i} of the batch could not be encoded as csv"),
+                    e,
                 )
             })?;
         }
         let encoded = encoder.into_inner().map_err(|e| {
-            Error::sink(
-                "write",
-                format!(
-                    "csv encoding failed for {}: {}",
-                    self.path.display(),
-                    e.error()
-                ),
-            )
+            self.file
+                .write_error(format_args!("csv encoding failed"), e.error())
         })?;
-        self.writer
-            .write_all(&encoded)
-            .map_err(|e| Error::sink("write", Error::io(&self.path, e)))?;
+        self.file.write_all(&encoded)?;
         self.needs_header = false;
         Ok(())
     }
@@ -468,6 +418,6 @@ impl<T: Serialize + Send + 'static> Sink for CsvSink<T> {
     }
 
     async fn flush(&mut self) -> Result<()> {
-        flush_and_sync(&mut self.writer, &self.path)
+        self.file.flush()
     }
 }

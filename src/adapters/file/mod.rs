@@ -55,17 +55,15 @@
 //! # Ok(()) }
 //! ```
 
-use std::fs::File;
-use std::io::{self, BufRead, BufReader, Read, Seek, SeekFrom, Write};
-use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
 use crate::dead_letter::DeadLetter;
-use crate::error::{Error, Result};
+use crate::error::Result;
 
 mod csv;
+mod lines;
 mod ndjson;
 
 pub use self::csv::{CsvSink, CsvSource};
@@ -95,176 +93,7 @@ pub struct FilePosition {
 /// ```
 ///
 /// # Errors
-/// [`Error::Io`] if the file cannot be opened for appending.
+/// [`Error::Io`](crate::Error::Io) if the file cannot be opened for appending.
 pub fn dead_letter_file(path: impl AsRef<Path>) -> Result<NdjsonSink<DeadLetter>> {
     NdjsonSink::append(path)
-}
-
-/// The shortest poll interval of a tailed source.
-const MIN_POLL: Duration = Duration::from_millis(1);
-
-/// One complete line handed out by a [`LineReader`].
-#[derive(Debug)]
-struct RawLine<'a> {
-    /// The file it was read from.
-    path: &'a Path,
-    /// The line without its `\n` or `\r\n`.
-    bytes: &'a [u8],
-    /// 1-based line number.
-    number: u64,
-    /// Byte offset of the line's first byte.
-    offset: u64,
-}
-
-/// Reads a file line by line, keeping a byte-exact [`FilePosition`].
-///
-/// All progress lives here: a line is counted only once it is complete, and a
-/// partial last line (tail mode) stays in `pending` until its newline arrives.
-#[derive(Debug)]
-struct LineReader {
-    path: PathBuf,
-    reader: BufReader<File>,
-    /// Position after the last line handed out.
-    position: FilePosition,
-    /// Bytes of the line being read (possibly partial), or of the line last handed out.
-    pending: Vec<u8>,
-    /// Whether `pending` holds the line last handed out (to clear on the next call).
-    handed_out: bool,
-    /// Tail mode: a last line without `'\n'` is not complete.
-    follow: bool,
-}
-
-impl LineReader {
-    fn open(path: &Path) -> Result<Self> {
-        let file = File::open(path).map_err(|e| Error::io(path, e))?;
-        Ok(LineReader {
-            path: path.to_path_buf(),
-            reader: BufReader::new(file),
-            position: FilePosition::default(),
-            pending: Vec::new(),
-            handed_out: false,
-            follow: false,
-        })
-    }
-
-    /// The next complete line, or `None` at the end of the file (in follow mode, also
-    /// when only a partial line is available).
-    fn next_line(&mut self) -> Result<Option<RawLine<'_>>> {
-        if self.handed_out {
-            self.pending.clear();
-            self.handed_out = false;
-        }
-        if !self.pending.ends_with(b"\n") {
-            // On error, the bytes read so far stay in `pending`: nothing is lost.
-            self.reader
-                .read_until(b'\n', &mut self.pending)
-                .map_err(|e| Error::io(&self.path, e))?;
-        }
-        if self.pending.is_empty() || (self.follow && !self.pending.ends_with(b"\n")) {
-            return Ok(None);
-        }
-        let number = self.position.line + 1;
-        let offset = self.position.offset;
-        self.position.line = number;
-        self.position.offset += self.pending.len() as u64;
-        self.handed_out = true;
-        let mut bytes = self.pending.as_slice();
-        if let Some(rest) = bytes.strip_suffix(b"\n") {
-            bytes = rest.strip_suffix(b"\r").unwrap_or(rest);
-        }
-        Ok(Some(RawLine {
-            path: &self.path,
-            bytes,
-            number,
-            offset,
-        }))
-    }
-
-    /// In follow mode, fails if the file is now shorter than what was read from it.
-    fn check_not_truncated(&self) -> Result<()> {
-        let len = self
-            .reader
-            .get_ref()
-            .metadata()
-            .map_err(|e| Error::io(&self.path, e))?
-            .len();
-        let read = self.position.offset + self.pending.len() as u64;
-        if len < read {
-            return Err(Error::source(format!(
-                "tailed file {} shrank from at least {read} to {len} bytes (truncated or \
-                 replaced); tail mode follows a growing file only",
-                self.path.display()
-            )));
-        }
-        Ok(())
-    }
-
-    /// Moves to `position`, which must be within the file and at the start of a line.
-    fn seek(&mut self, position: FilePosition) -> Result<()> {
-        let io_err = |e| Error::io(&self.path, e);
-        let len = self.reader.get_ref().metadata().map_err(io_err)?.len();
-        let offset = position.offset;
-        if offset > len {
-            return Err(Error::source(format!(
-                "cannot resume {} at byte offset {offset}: the file has only {len} bytes \
-                 (was it truncated or replaced?)",
-                self.path.display()
-            )));
-        }
-        if offset > 0 && offset < len {
-            let mut before = [0u8; 1];
-            self.reader
-                .seek(SeekFrom::Start(offset - 1))
-                .map_err(io_err)?;
-            self.reader.read_exact(&mut before).map_err(io_err)?;
-            if before[0] != b'\n' {
-                return Err(Error::source(format!(
-                    "cannot resume {} at byte offset {offset}: it is not the start of a line \
-                     (was the file changed?)",
-                    self.path.display()
-                )));
-            }
-        }
-        self.reader.seek(SeekFrom::Start(offset)).map_err(io_err)?;
-        self.pending.clear();
-        self.handed_out = false;
-        self.position = position;
-        Ok(())
-    }
-}
-
-/// Opens `path` for writing: truncated, or for appending. When appending to a file
-/// whose last line lacks its newline (a crash mid-write), a newline is added first so
-/// that the next record starts on a line of its own.
-fn open_for_write(path: &Path, append: bool) -> Result<(File, bool)> {
-    let io_err = |e| Error::io(path, e);
-    if !append {
-        let file = File::create(path).map_err(io_err)?;
-        return Ok((file, true));
-    }
-    let mut file = File::options()
-        .read(true)
-        .append(true)
-        .create(true)
-        .open(path)
-        .map_err(io_err)?;
-    let len = file.metadata().map_err(io_err)?.len();
-    if len > 0 {
-        let mut last = [0u8; 1];
-        file.seek(SeekFrom::Start(len - 1)).map_err(io_err)?;
-        file.read_exact(&mut last).map_err(io_err)?;
-        if last[0] != b'\n' {
-            file.write_all(b"\n").map_err(io_err)?;
-        }
-    }
-    Ok((file, len == 0))
-}
-
-/// Flushes `writer` and makes its file durable, mapping errors to a sink `flush` error
-/// naming `path`.
-fn flush_and_sync(writer: &mut io::BufWriter<File>, path: &Path) -> Result<()> {
-    writer
-        .flush()
-        .and_then(|()| writer.get_ref().sync_data())
-        .map_err(|e| Error::sink("flush", Error::io(path, e)))
 }
