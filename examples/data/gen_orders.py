@@ -23,12 +23,18 @@ for i in range(4000):
     if i in bad:
         lines.append(bad[i])
         continue
-    day = days[min(i * len(days) // 4000, len(days) - 1)]
+    day_index = min(i * len(days) // 4000, len(days) - 1)
+    day = days[day_index]
+    # Orders of a day spread over 08:00-20:00, in order, a few seconds of jitter.
+    within = i - day_index * 800
+    seconds = 8 * 3600 + within * 54 + rng.randint(0, 20)
+    ts = f"{day}T{seconds // 3600:02}:{seconds % 3600 // 60:02}:{seconds % 60:02}Z"
     product = rng.choice(products)
     qty = rng.randint(1, 3)
     lines.append(json.dumps({
         "order_id": i + 1,
         "day": day,
+        "ts": ts,
         "customer": f"c-{rng.randint(1, 120)}",
         "product": product,
         "amount_cents": prices[product] * qty,
