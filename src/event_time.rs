@@ -277,7 +277,7 @@ impl<T> WatermarkTracker<T> {
             Some(f) => f(item),
             None => 0,
         };
-        let i = match self.partitions.get(0) {
+        let i = match self.partitions.first() {
             Some(p) if p.id == id => 0,
             _ => self.partition_index(id),
         };

@@ -36,12 +36,6 @@ impl<T, F> KeyBy<T, F> {
     pub(super) fn new(inner: T, key: F) -> Self {
         KeyBy { inner, key }
     }
-
-    /// Splits into the transform before the key and the key function (for operators
-    /// such as windows that take the key themselves).
-    pub(crate) fn into_parts(self) -> (T, F) {
-        (self.inner, self.key)
-    }
 }
 
 struct KeyEmit<'a, F, E> {
