@@ -78,6 +78,8 @@ fn windows(kind: Kind) -> (Windows, OutputMode) {
 }
 
 type Row = ((u8, Window), i64);
+/// Final windows and the ids of late records.
+type Outcome = (BTreeMap<(u8, Window), i64>, Vec<u32>);
 
 fn logic(kind: Kind, lateness: i64) -> impl Transform<In = Ev, Out = Row> + Send {
     let (w, mode) = windows(kind);
@@ -90,8 +92,9 @@ fn logic(kind: Kind, lateness: i64) -> impl Transform<In = Ev, Out = Row> + Send
         .map(|r| ((r.key, r.window), r.value))
 }
 
-fn event_time() -> EventTime<Ev> {
-    EventTime::new(|e: &Ev| at(e.secs)).bounded_out_of_orderness(TimeDelta::seconds(DISORDER))
+/// Watermark = largest event time seen − `delay` seconds.
+fn event_time(delay: i64) -> EventTime<Ev> {
+    EventTime::new(|e: &Ev| at(e.secs)).bounded_out_of_orderness(TimeDelta::seconds(delay))
 }
 
 fn rt() -> tokio::runtime::Runtime {
@@ -124,39 +127,50 @@ fn kinds() -> impl Strategy<Value = Kind> {
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(40))]
 
-    /// Lateness covers the disorder: every executor gives the final windows of the
-    /// batch executor over the sorted input, and nothing is late.
+    /// Watermark delay plus allowed lateness cover the disorder: every executor gives
+    /// the final windows of the batch executor over the sorted input, and nothing is
+    /// late.
     #[test]
     fn executors_agree_with_the_sorted_batch_run(
-        evs in events(), kind in kinds(), batch in 1usize..9,
+        evs in events(), kind in kinds(), batch in 1usize..9, delay in 0i64..=DISORDER,
     ) {
+        let lateness = DISORDER - delay;
         let rt = rt();
         let mut sorted = evs.clone();
         sorted.sort_by_key(|e| (e.secs, e.id));
         let (sink, reference) = UpsertSink::new();
-        let p = Pipeline::new("w", ScriptedSource::from_records(sorted), logic(kind, DISORDER), sink)
-            .with_event_time(event_time());
+        let p = Pipeline::new("w", ScriptedSource::from_records(sorted), logic(kind, lateness), sink)
+            .with_event_time(event_time(delay));
         rt.block_on(BatchExecutor::new().run(p)).unwrap();
 
+        let (late_sink, late) = CollectSink::<DeadLetter>::new();
+        let mut late_sink = Some(late_sink);
         let table = rt.block_on(modes(batch).assert_agree_upsert(|sink| {
-            Pipeline::new("w", ScriptedSource::from_records(evs.clone()), logic(kind, DISORDER), sink)
-                .with_event_time(event_time())
+            let p = Pipeline::new("w", ScriptedSource::from_records(evs.clone()), logic(kind, lateness), sink)
+                .with_event_time(event_time(delay));
+            match late_sink.take() {
+                Some(l) => p.with_late_sink(l),
+                None => p,
+            }
         }));
         prop_assert_eq!(table, reference.snapshot());
+        prop_assert!(late.is_empty(), "late: {:?}", late.items());
     }
 
-    /// Lateness below the disorder: the executors report the same late records and
-    /// the same final windows.
+    /// Watermark delay plus lateness below the disorder: some records are late, and
+    /// every executor reports the same late records and the same final windows.
     #[test]
-    fn executors_agree_on_late_records(evs in events(), kind in kinds(), batch in 1usize..9, lateness in 0i64..10) {
+    fn executors_agree_on_late_records(
+        evs in events(), kind in kinds(), batch in 1usize..9, delay in 0i64..10, lateness in 0i64..10,
+    ) {
         let rt = rt();
         let m = modes(batch);
-        let mut seen: Option<(BTreeMap<(u8, Window), i64>, Vec<u32>)> = None;
+        let mut seen: Option<Outcome> = None;
         for k in [ExecutorKind::Batch, ExecutorKind::Stream, ExecutorKind::MicroBatch] {
             let (sink, table) = UpsertSink::new();
             let (late_sink, late) = CollectSink::<DeadLetter>::new();
             let p = Pipeline::new("w", ScriptedSource::from_records(evs.clone()), logic(kind, lateness), sink)
-                .with_event_time(event_time())
+                .with_event_time(event_time(delay))
                 .with_late_sink(late_sink);
             let report = rt.block_on(m.run(k, p)).unwrap();
             let mut late_ids: Vec<u32> = late.items().iter()
@@ -181,8 +195,8 @@ proptest! {
         let crash_at = crash_at.min(evs.len());
         let rt = rt();
         let (sink, reference) = UpsertSink::new();
-        let p = Pipeline::new("w", ScriptedSource::from_records(evs.clone()), logic(kind, DISORDER), sink)
-            .with_event_time(event_time());
+        let p = Pipeline::new("w", ScriptedSource::from_records(evs.clone()), logic(kind, 0), sink)
+            .with_event_time(event_time(DISORDER));
         rt.block_on(BatchExecutor::new().run(p)).unwrap();
 
         let store = MemoryCheckpointStore::new();
@@ -195,14 +209,14 @@ proptest! {
         let stream = StreamExecutor::new().max_batch(3).checkpoint_every_records(every);
         let mb = MicroBatchExecutor::new(Trigger::AvailableNow).max_records_per_batch(every as usize).read_chunk(3);
         rt.block_on(async {
-            let p = Pipeline::new("w", crashing, logic(kind, DISORDER), sink)
-                .with_event_time(event_time())
+            let p = Pipeline::new("w", crashing, logic(kind, 0), sink)
+                .with_event_time(event_time(DISORDER))
                 .with_checkpoint_store(store.clone());
             let r = if micro { mb.run(p).await } else { stream.run(p).await };
             assert!(r.is_err());
-            let p = Pipeline::new("w", ScriptedSource::from_records(evs.clone()), logic(kind, DISORDER),
+            let p = Pipeline::new("w", ScriptedSource::from_records(evs.clone()), logic(kind, 0),
                                   UpsertSink::resume(&table))
-                .with_event_time(event_time())
+                .with_event_time(event_time(DISORDER))
                 .with_checkpoint_store(store.clone());
             if micro { mb.run(p).await } else { stream.run(p).await }.unwrap();
         });
