@@ -51,44 +51,34 @@ impl Executor {
         }
     }
 
-    /// Runs `pipeline` until its source ends (or the micro-batch trigger is done).
-    ///
-    /// # Errors
-    /// Whatever the chosen executor returns.
-    pub fn run<S, T, K>(
-        &self,
-        pipeline: Pipeline<S, T, K>,
-    ) -> impl Future<Output = Result<RunReport>> + use<S, T, K>
-    where
-        S: Source,
-        T: Transform<In = S::Item, Out = K::Item>,
-        K: Sink,
-    {
-        self.run_until(pipeline, std::future::pending())
+    entry_points! {
+        run:
+        /// Runs `pipeline` until its source ends (or the micro-batch trigger is done).
+        ///
+        /// # Errors
+        /// Whatever the chosen executor returns.
+        run_until:
+        /// Runs `pipeline` until its source ends or `shutdown` completes.
+        ///
+        /// # Errors
+        /// Whatever the chosen executor returns.
     }
 
-    /// Runs `pipeline` until its source ends or `shutdown` completes.
-    ///
-    /// # Errors
-    /// Whatever the chosen executor returns.
-    pub fn run_until<S, T, K, F>(
-        &self,
+    async fn execute<S, T, K, F>(
+        self,
         pipeline: Pipeline<S, T, K>,
         shutdown: F,
-    ) -> impl Future<Output = Result<RunReport>> + use<S, T, K, F>
+    ) -> Result<RunReport>
     where
         S: Source,
         T: Transform<In = S::Item, Out = K::Item>,
         K: Sink,
         F: Future<Output = ()>,
     {
-        let this = self.clone();
-        async move {
-            match this {
-                Executor::Batch(e) => e.run_until(pipeline, shutdown).await,
-                Executor::Stream(e) => e.run_until(pipeline, shutdown).await,
-                Executor::MicroBatch(e) => e.run_until(pipeline, shutdown).await,
-            }
+        match self {
+            Executor::Batch(e) => e.run_until(pipeline, shutdown).await,
+            Executor::Stream(e) => e.run_until(pipeline, shutdown).await,
+            Executor::MicroBatch(e) => e.run_until(pipeline, shutdown).await,
         }
     }
 }

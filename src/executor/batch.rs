@@ -80,43 +80,20 @@ impl BatchExecutor {
         self
     }
 
-    /// Runs `pipeline` to the end of its source.
-    ///
-    /// # Errors
-    /// [`Error::UnboundedSource`] for an unbounded source; otherwise the first source,
-    /// sink, record or checkpoint error, after which the run is not marked complete.
-    ///
-    /// The returned future does not borrow the executor, so it can be spawned.
-    pub fn run<S, T, K>(
-        &self,
-        pipeline: Pipeline<S, T, K>,
-    ) -> impl Future<Output = Result<RunReport>> + use<S, T, K>
-    where
-        S: Source,
-        T: Transform<In = S::Item, Out = K::Item>,
-        K: Sink,
-    {
-        self.clone().execute(pipeline, std::future::pending())
-    }
-
-    /// Runs `pipeline` to the end of its source, or until `shutdown` completes. A
-    /// stopped run writes what it has processed, is not marked complete, and reports
-    /// [`Outcome::Stopped`]; running it again starts the range over.
-    ///
-    /// # Errors
-    /// As [`run`](BatchExecutor::run).
-    pub fn run_until<S, T, K, F>(
-        &self,
-        pipeline: Pipeline<S, T, K>,
-        shutdown: F,
-    ) -> impl Future<Output = Result<RunReport>> + use<S, T, K, F>
-    where
-        S: Source,
-        T: Transform<In = S::Item, Out = K::Item>,
-        K: Sink,
-        F: Future<Output = ()>,
-    {
-        self.clone().execute(pipeline, shutdown)
+    entry_points! {
+        run:
+        /// Runs `pipeline` to the end of its source.
+        ///
+        /// # Errors
+        /// [`Error::UnboundedSource`] for an unbounded source; otherwise the first source,
+        /// sink, record or checkpoint error, after which the run is not marked complete.
+        run_until:
+        /// Runs `pipeline` to the end of its source, or until `shutdown` completes. A
+        /// stopped run writes what it has processed, is not marked complete, and reports
+        /// [`Outcome::Stopped`]; running it again starts the range over.
+        ///
+        /// # Errors
+        /// As [`run`](BatchExecutor::run).
     }
 
     async fn execute<S, T, K, F>(

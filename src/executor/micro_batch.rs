@@ -92,42 +92,19 @@ impl MicroBatchExecutor {
         self
     }
 
-    /// Runs until the trigger is done or the source ends.
-    ///
-    /// # Errors
-    /// The first source, sink, record or checkpoint error; the failed micro-batch is
-    /// not checkpointed and is re-read on restart.
-    ///
-    /// The returned future does not borrow the executor, so it can be spawned.
-    pub fn run<S, T, K>(
-        &self,
-        pipeline: Pipeline<S, T, K>,
-    ) -> impl Future<Output = Result<RunReport>> + use<S, T, K>
-    where
-        S: Source,
-        T: Transform<In = S::Item, Out = K::Item>,
-        K: Sink,
-    {
-        self.clone().execute(pipeline, std::future::pending())
-    }
-
-    /// Runs until the trigger is done, the source ends, or `shutdown` completes
-    /// (checked between micro-batches).
-    ///
-    /// # Errors
-    /// As [`run`](MicroBatchExecutor::run).
-    pub fn run_until<S, T, K, F>(
-        &self,
-        pipeline: Pipeline<S, T, K>,
-        shutdown: F,
-    ) -> impl Future<Output = Result<RunReport>> + use<S, T, K, F>
-    where
-        S: Source,
-        T: Transform<In = S::Item, Out = K::Item>,
-        K: Sink,
-        F: Future<Output = ()>,
-    {
-        self.clone().execute(pipeline, shutdown)
+    entry_points! {
+        run:
+        /// Runs until the trigger is done or the source ends.
+        ///
+        /// # Errors
+        /// The first source, sink, record or checkpoint error; the failed micro-batch is
+        /// not checkpointed and is re-read on restart.
+        run_until:
+        /// Runs until the trigger is done, the source ends, or `shutdown` completes
+        /// (checked between micro-batches).
+        ///
+        /// # Errors
+        /// As [`run`](MicroBatchExecutor::run).
     }
 
     async fn execute<S, T, K, F>(

@@ -10,6 +10,43 @@
 //! and checkpoint, not in plumbing: the same pipeline and input give the same
 //! results under each.
 
+/// Generates the public `run` and `run_until` of an executor from its private
+/// `async fn execute(self, pipeline, shutdown)`, with the given docs. The returned
+/// futures own a clone of the executor's settings, so they do not borrow it.
+macro_rules! entry_points {
+    (run: $(#[$run:meta])* run_until: $(#[$until:meta])*) => {
+        $(#[$run])*
+        ///
+        /// The returned future does not borrow the executor, so it can be spawned.
+        pub fn run<S, T, K>(
+            &self,
+            pipeline: $crate::Pipeline<S, T, K>,
+        ) -> impl ::std::future::Future<Output = $crate::Result<$crate::RunReport>> + use<S, T, K>
+        where
+            S: $crate::Source,
+            T: $crate::Transform<In = S::Item, Out = K::Item>,
+            K: $crate::Sink,
+        {
+            self.clone().execute(pipeline, ::std::future::pending())
+        }
+
+        $(#[$until])*
+        pub fn run_until<S, T, K, F>(
+            &self,
+            pipeline: $crate::Pipeline<S, T, K>,
+            shutdown: F,
+        ) -> impl ::std::future::Future<Output = $crate::Result<$crate::RunReport>> + use<S, T, K, F>
+        where
+            S: $crate::Source,
+            T: $crate::Transform<In = S::Item, Out = K::Item>,
+            K: $crate::Sink,
+            F: ::std::future::Future<Output = ()>,
+        {
+            self.clone().execute(pipeline, shutdown)
+        }
+    };
+}
+
 mod any;
 mod batch;
 pub(crate) mod driver;

@@ -99,43 +99,20 @@ impl StreamExecutor {
         self
     }
 
-    /// Runs until the source ends.
-    ///
-    /// # Errors
-    /// The first source, sink, record or checkpoint error. The source is never acked
-    /// past the last saved checkpoint, so a restart loses nothing.
-    ///
-    /// The returned future does not borrow the executor, so it can be spawned.
-    pub fn run<S, T, K>(
-        &self,
-        pipeline: Pipeline<S, T, K>,
-    ) -> impl Future<Output = Result<RunReport>> + use<S, T, K>
-    where
-        S: Source,
-        T: Transform<In = S::Item, Out = K::Item>,
-        K: Sink,
-    {
-        self.clone().execute(pipeline, std::future::pending())
-    }
-
-    /// Runs until the source ends or `shutdown` completes. On shutdown the batch in
-    /// hand is finished, a final checkpoint is taken, and the report says
-    /// [`Outcome::Stopped`].
-    ///
-    /// # Errors
-    /// As [`run`](StreamExecutor::run).
-    pub fn run_until<S, T, K, F>(
-        &self,
-        pipeline: Pipeline<S, T, K>,
-        shutdown: F,
-    ) -> impl Future<Output = Result<RunReport>> + use<S, T, K, F>
-    where
-        S: Source,
-        T: Transform<In = S::Item, Out = K::Item>,
-        K: Sink,
-        F: Future<Output = ()>,
-    {
-        self.clone().execute(pipeline, shutdown)
+    entry_points! {
+        run:
+        /// Runs until the source ends.
+        ///
+        /// # Errors
+        /// The first source, sink, record or checkpoint error. The source is never acked
+        /// past the last saved checkpoint, so a restart loses nothing.
+        run_until:
+        /// Runs until the source ends or `shutdown` completes. On shutdown the batch in
+        /// hand is finished, a final checkpoint is taken, and the report says
+        /// [`Outcome::Stopped`].
+        ///
+        /// # Errors
+        /// As [`run`](StreamExecutor::run).
     }
 
     async fn execute<S, T, K, F>(
