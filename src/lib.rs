@@ -92,5 +92,5 @@ pub use executor::{
 };
 pub use pipeline::Pipeline;
 pub use sink::{BoxSink, DeliveryGuarantee, Sink};
-pub use source::{Boundedness, BoxSource, Source, SourceBatch};
+pub use source::{Boundedness, BoxSource, Source, SourceBatch, SourceProgress};
 pub use transform::{Emit, Transform, TransformExt};

@@ -55,6 +55,25 @@ impl<T, P> SourceBatch<T, P> {
     }
 }
 
+/// How far through its input a source is, in its own unit (bytes for a file, rows for
+/// a table), as far as it knows. Used for progress bars and for lag in metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SourceProgress {
+    /// Units consumed so far.
+    pub done: u64,
+    /// Units in the whole input (or available now, for an unbounded source), if known.
+    pub total: Option<u64>,
+    /// The unit, e.g. `"bytes"` or `"records"`.
+    pub unit: &'static str,
+}
+
+impl SourceProgress {
+    /// Units known to be available but not yet consumed (`total - done`).
+    pub fn remaining(&self) -> Option<u64> {
+        self.total.map(|t| t.saturating_sub(self.done))
+    }
+}
+
 /// A position a source can checkpoint and resume from.
 ///
 /// Blanket-implemented for every type with the required bounds.
@@ -136,6 +155,12 @@ pub trait Source: Send {
         async move { Err(Error::SeekUnsupported { position }) }
     }
 
+    /// How far through its input the source is, if it knows. Called once per batch;
+    /// keep it cheap. Default: `None`.
+    fn progress(&self) -> Option<SourceProgress> {
+        None
+    }
+
     /// Told that every record up to `position` is durably processed (the checkpoint that
     /// holds it is saved). A broker source commits its offsets here. Default: nothing.
     fn ack(&mut self, position: &Self::Position) -> impl Future<Output = Result<()>> + Send {
@@ -147,6 +172,7 @@ pub trait Source: Send {
 /// Object-safe form of [`Source`], used by [`BoxSource`].
 trait DynSource<T, P>: Send {
     fn boundedness(&self) -> Boundedness;
+    fn progress(&self) -> Option<SourceProgress>;
     fn next_batch(&mut self, max: usize) -> BoxFuture<'_, Result<Option<SourceBatch<T, P>>>>;
     fn seek(&mut self, position: P) -> BoxFuture<'_, Result<()>>;
     fn ack(&mut self, position: P) -> BoxFuture<'_, Result<()>>;
@@ -155,6 +181,9 @@ trait DynSource<T, P>: Send {
 impl<S: Source> DynSource<S::Item, S::Position> for S {
     fn boundedness(&self) -> Boundedness {
         Source::boundedness(self)
+    }
+    fn progress(&self) -> Option<SourceProgress> {
+        Source::progress(self)
     }
     fn next_batch(
         &mut self,
@@ -200,6 +229,9 @@ impl<T: Send + 'static, P: Position> Source for BoxSource<T, P> {
 
     fn boundedness(&self) -> Boundedness {
         self.inner.boundedness()
+    }
+    fn progress(&self) -> Option<SourceProgress> {
+        self.inner.progress()
     }
     fn next_batch(
         &mut self,

@@ -3,7 +3,7 @@
 use std::future::Future;
 
 use crate::error::{Error, Result};
-use crate::source::{Boundedness, Source, SourceBatch};
+use crate::source::{Boundedness, Source, SourceBatch, SourceProgress};
 
 /// A bounded source over an iterator. Its position is the number of records
 /// consumed, so a fresh `IterSource` over the same data resumes by skipping.
@@ -45,6 +45,15 @@ where
 
     fn boundedness(&self) -> Boundedness {
         Boundedness::Bounded
+    }
+
+    fn progress(&self) -> Option<SourceProgress> {
+        let (_, upper) = self.iter.size_hint();
+        Some(SourceProgress {
+            done: self.consumed,
+            total: upper.map(|rest| self.consumed + rest as u64),
+            unit: "records",
+        })
     }
 
     fn next_batch(
