@@ -74,6 +74,7 @@ pub mod dead_letter;
 pub mod error;
 pub mod event_time;
 pub mod executor;
+pub mod metrics;
 pub mod pipeline;
 pub mod sink;
 pub mod source;
@@ -90,6 +91,7 @@ pub use executor::{
     BatchExecutor, Executor, ExecutorKind, MicroBatchExecutor, Outcome, RunReport, StreamExecutor,
     Trigger,
 };
+pub use metrics::{MetricsSnapshot, PipelineMetrics};
 pub use pipeline::Pipeline;
 pub use sink::{BoxSink, DeliveryGuarantee, Sink};
 pub use source::{Boundedness, BoxSource, Source, SourceBatch, SourceProgress};

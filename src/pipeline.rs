@@ -6,6 +6,7 @@ use std::fmt;
 use crate::checkpoint::{BoxCheckpointStore, CheckpointStore};
 use crate::dead_letter::DeadLetter;
 use crate::event_time::EventTime;
+use crate::metrics::PipelineMetrics;
 use crate::sink::{BoxSink, Sink};
 use crate::source::Source;
 use crate::transform::Transform;
@@ -40,6 +41,7 @@ pub struct Pipeline<S: Source, T, K> {
     pub(crate) dead_letters: Option<BoxSink<DeadLetter>>,
     pub(crate) late: Option<BoxSink<DeadLetter>>,
     pub(crate) event_time: Option<EventTime<S::Item>>,
+    pub(crate) metrics: PipelineMetrics,
 }
 
 impl<S, T, K> Pipeline<S, T, K>
@@ -51,8 +53,10 @@ where
     /// A pipeline named `id` (the key of its checkpoints) from `source` through
     /// `transform` to `sink`.
     pub fn new(id: impl Into<String>, source: S, transform: T, sink: K) -> Self {
+        let id = id.into();
         Pipeline {
-            id: id.into(),
+            metrics: PipelineMetrics::new(id.clone()),
+            id,
             source,
             transform,
             sink,
@@ -90,6 +94,12 @@ impl<S: Source, T, K> Pipeline<S, T, K> {
     pub fn with_late_sink(mut self, sink: impl Sink<Item = DeadLetter> + 'static) -> Self {
         self.late = Some(BoxSink::new(sink));
         self
+    }
+
+    /// A handle to this pipeline's live metrics: keep a clone before handing the
+    /// pipeline to an executor and read [`PipelineMetrics::snapshot`] while it runs.
+    pub fn metrics(&self) -> PipelineMetrics {
+        self.metrics.clone()
     }
 
     /// The pipeline id.

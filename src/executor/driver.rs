@@ -13,6 +13,7 @@ use chrono::{DateTime, Utc};
 use crate::error::{Error, Location, RecordError, RecordErrorKind, Result};
 use crate::event_time::WatermarkTracker;
 use crate::executor::{ExecutorKind, Outcome, RunReport};
+use crate::metrics::PipelineMetrics;
 use crate::pipeline::Pipeline;
 use crate::sink::{BoxSink, Sink};
 use crate::source::{Source, SourceBatch};
@@ -35,6 +36,7 @@ pub(crate) struct Driver<S: Source, T, K: Sink> {
     /// Whether anything was processed since the last checkpoint.
     dirty: bool,
     pub(crate) report: RunReport,
+    metrics: PipelineMetrics,
     started: Instant,
 }
 
@@ -60,6 +62,7 @@ where
             epochs: 0,
             resumed_from_epoch: None,
             duration: Default::default(),
+            metrics: Default::default(),
         };
         Driver {
             base: Checkpoint::new(p.id.clone()),
@@ -72,6 +75,7 @@ where
             late: p.late,
             watermarks: p.event_time.map(WatermarkTracker::new),
             out: VecEmitter::new(),
+            metrics: p.metrics,
             position: None,
             dirty: false,
             report,
@@ -143,7 +147,10 @@ where
             rejected,
             position,
         } = batch;
-        self.report.records_read += (records.len() + rejected.len()) as u64;
+        let received = Instant::now();
+        let n = (records.len() + rejected.len()) as u64;
+        self.report.records_read += n;
+        self.metrics.add_in(n);
         self.out.dead_letters.extend(rejected);
         match &mut self.watermarks {
             None => self.transform.process_batch(records, &mut self.out),
@@ -182,7 +189,11 @@ where
         }
         self.position = Some(position);
         self.dirty = true;
-        self.write_out().await
+        self.write_out().await?;
+        self.metrics.record_latency(received.elapsed(), n);
+        self.metrics
+            .set_source_lag(self.source.progress().and_then(|p| p.remaining()));
+        Ok(())
     }
 
     /// Ends an epoch: the transforms flush pending results, which are written.
@@ -213,6 +224,7 @@ where
             let n = self.out.records.len();
             let batch = std::mem::replace(&mut self.out.records, Vec::with_capacity(n));
             self.report.records_written += batch.len() as u64;
+            self.metrics.add_out(batch.len() as u64);
             self.sink.write(batch).await?;
         }
         if !self.out.dead_letters.is_empty() {
@@ -235,6 +247,8 @@ where
                     .partition(|l| l.error.kind == RecordErrorKind::Late);
                 letters = rest;
                 self.report.late += late.len() as u64;
+                self.metrics.add_late(late.len() as u64);
+                tracing::debug!(count = late.len(), "late records");
                 if let Some(sink) = &mut self.late {
                     sink.write(late).await?;
                 }
@@ -245,6 +259,12 @@ where
             match &mut self.dead_letters {
                 Some(dlq) => {
                     self.report.dead_lettered += letters.len() as u64;
+                    self.metrics.add_dead_lettered(letters.len() as u64);
+                    tracing::warn!(
+                        count = letters.len(),
+                        first = %letters[0].error,
+                        "records sent to the dead-letter sink"
+                    );
                     dlq.write(letters).await?;
                 }
                 None => {
@@ -278,6 +298,8 @@ where
         progress: bool,
         completed_run: Option<&str>,
     ) -> Result<()> {
+        let started = Instant::now();
+        let mut bytes = None;
         self.flush_sinks().await?;
         let epoch = self.base.epoch + 1;
         self.sink.prepare(epoch).await?;
@@ -299,6 +321,7 @@ where
                 }
             }
             self.base.created_at = chrono::Utc::now();
+            bytes = serde_json::to_vec(&self.base).ok().map(|b| b.len() as u64);
             store.save(&self.base).await?;
         }
         self.report.checkpoints += 1;
@@ -310,10 +333,13 @@ where
                 self.source.ack(p).await?;
             }
         }
+        self.metrics.checkpoint_done(started.elapsed(), bytes);
+        tracing::debug!(epoch, took = ?started.elapsed(), bytes, "checkpoint");
         Ok(())
     }
 
     pub(crate) fn finish(mut self, outcome: Outcome) -> RunReport {
+        self.report.metrics = self.metrics.snapshot();
         if let Some(w) = &self.watermarks {
             self.report.watermark_regressions = w.regressions;
             if self.report.watermark.is_none() {

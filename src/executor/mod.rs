@@ -27,7 +27,11 @@ macro_rules! entry_points {
             T: $crate::Transform<In = S::Item, Out = K::Item>,
             K: $crate::Sink,
         {
-            self.clone().execute(pipeline, ::std::future::pending())
+            let span = ::tracing::info_span!("batchstream.run", pipeline = %pipeline.id());
+            ::tracing::Instrument::instrument(
+                self.clone().execute(pipeline, ::std::future::pending()),
+                span,
+            )
         }
 
         $(#[$until])*
@@ -42,7 +46,8 @@ macro_rules! entry_points {
             K: $crate::Sink,
             F: ::std::future::Future<Output = ()>,
         {
-            self.clone().execute(pipeline, shutdown)
+            let span = ::tracing::info_span!("batchstream.run", pipeline = %pipeline.id());
+            ::tracing::Instrument::instrument(self.clone().execute(pipeline, shutdown), span)
         }
     };
 }
@@ -149,6 +154,9 @@ pub struct RunReport {
     pub resumed_from_epoch: Option<u64>,
     /// Wall-clock duration.
     pub duration: Duration,
+    /// The pipeline's metrics at the end of the run (latency percentiles, checkpoint
+    /// times and sizes, source lag).
+    pub metrics: crate::metrics::MetricsSnapshot,
 }
 
 impl RunReport {
@@ -182,6 +190,10 @@ impl fmt::Display for RunReport {
         )?;
         if let Some(e) = self.resumed_from_epoch {
             write!(f, " (resumed from epoch {e})")?;
+        }
+        let l = &self.metrics.latency;
+        if l.count > 0 {
+            write!(f, "; latency p50 {} µs, p99 {} µs", l.p50_us, l.p99_us)?;
         }
         Ok(())
     }
