@@ -138,6 +138,7 @@ async fn main() -> Result<ExitCode, Box<dyn std::error::Error + Send + Sync>> {
         print_table(title, report, &t);
         tables.push(t);
     }
+    println!("== batch run metrics\n   {}", batch_result.0.metrics);
     println!("== second batch run of the same range\n   {again}");
 
     println!("== dead letters (batch run)");

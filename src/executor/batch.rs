@@ -80,6 +80,11 @@ impl BatchExecutor {
         self
     }
 
+    /// Which executor this is: [`ExecutorKind::Batch`].
+    pub fn kind(&self) -> ExecutorKind {
+        ExecutorKind::Batch
+    }
+
     entry_points! {
         run:
         /// Runs `pipeline` to the end of its source.

@@ -92,6 +92,11 @@ impl MicroBatchExecutor {
         self
     }
 
+    /// Which executor this is: [`ExecutorKind::MicroBatch`].
+    pub fn kind(&self) -> ExecutorKind {
+        ExecutorKind::MicroBatch
+    }
+
     entry_points! {
         run:
         /// Runs until the trigger is done or the source ends.
@@ -169,6 +174,7 @@ impl MicroBatchExecutor {
             let read_something = d.is_dirty();
             if read_something {
                 d.report.epochs += 1;
+                tracing::debug!(records = taken, ended, "micro-batch");
             }
             if ended {
                 // The final watermark may release results: they belong to this epoch.

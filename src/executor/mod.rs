@@ -27,11 +27,7 @@ macro_rules! entry_points {
             T: $crate::Transform<In = S::Item, Out = K::Item>,
             K: $crate::Sink,
         {
-            let span = ::tracing::info_span!("batchstream.run", pipeline = %pipeline.id());
-            ::tracing::Instrument::instrument(
-                self.clone().execute(pipeline, ::std::future::pending()),
-                span,
-            )
+            self.run_until(pipeline, ::std::future::pending())
         }
 
         $(#[$until])*
@@ -46,7 +42,12 @@ macro_rules! entry_points {
             K: $crate::Sink,
             F: ::std::future::Future<Output = ()>,
         {
-            let span = ::tracing::info_span!("batchstream.run", pipeline = %pipeline.id());
+            let kind: $crate::ExecutorKind = self.kind();
+            let span = ::tracing::info_span!(
+                "batchstream.run",
+                pipeline = %pipeline.id(),
+                executor = %kind,
+            );
             ::tracing::Instrument::instrument(self.clone().execute(pipeline, shutdown), span)
         }
     };

@@ -99,6 +99,11 @@ impl StreamExecutor {
         self
     }
 
+    /// Which executor this is: [`ExecutorKind::Stream`].
+    pub fn kind(&self) -> ExecutorKind {
+        ExecutorKind::Stream
+    }
+
     entry_points! {
         run:
         /// Runs until the source ends.
