@@ -298,6 +298,16 @@ where
         progress: bool,
         completed_run: Option<&str>,
     ) -> Result<()> {
+        let span = tracing::debug_span!("checkpoint", epoch = self.base.epoch + 1);
+        tracing::Instrument::instrument(self.checkpoint_in_span(progress, completed_run), span)
+            .await
+    }
+
+    async fn checkpoint_in_span(
+        &mut self,
+        progress: bool,
+        completed_run: Option<&str>,
+    ) -> Result<()> {
         let started = Instant::now();
         let mut bytes = None;
         self.flush_sinks().await?;
