@@ -57,11 +57,19 @@
 //!   into one pass per record; nothing on the hot path allocates, sends or awaits per
 //!   record.
 //!
+//! ## Feature flags
+//! - `progress`: a progress bar on stderr for batch runs (records/s, and percentage
+//!   and ETA where the source knows its size, e.g. a file), drawn with `indicatif`.
+//! - `metrics`: exports every pipeline's figures through the `metrics` facade crate
+//!   (see [`metrics`](mod@metrics)). The live [`PipelineMetrics`] handle works without it.
+//!
 //! ## Modules
 //! - [`source`], [`transform`], [`sink`], [`checkpoint`]: the four core abstractions.
 //! - [`executor`]: the three executors, [`Executor`] to pick one from configuration,
 //!   and the [`RunReport`].
 //! - [`adapters`]: iterators, collections, channels, `futures` bridges, NDJSON/CSV files.
+//! - [`event_time`] and [`window`]: watermarks, lateness and keyed windows.
+//! - [`metrics`](mod@metrics): live figures of a running pipeline.
 //! - [`testing`]: helpers for testing your transforms and pipelines.
 
 #![deny(missing_docs)]
@@ -76,6 +84,7 @@ pub mod event_time;
 pub mod executor;
 pub mod metrics;
 pub mod pipeline;
+mod progress;
 pub mod sink;
 pub mod source;
 pub mod testing;

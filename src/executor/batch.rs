@@ -6,6 +6,7 @@ use crate::error::{Error, Result};
 use crate::executor::driver::Driver;
 use crate::executor::{ExecutorKind, Outcome, RunReport};
 use crate::pipeline::Pipeline;
+use crate::progress::ProgressBar;
 use crate::sink::Sink;
 use crate::source::{Boundedness, Source};
 use crate::transform::Transform;
@@ -18,6 +19,9 @@ use crate::transform::Transform;
 /// is skipped (its report says so) unless [forced](BatchExecutor::force). A run that
 /// fails halfway is not marked complete; running it again starts the range from the
 /// beginning. Stateful transforms emit their results once, at the end of input.
+///
+/// With the `progress` feature, a progress bar on stderr shows records/s and, where
+/// the source knows its size (a file), the percentage done and an ETA.
 ///
 /// ```
 /// use batchstream::{BatchExecutor, Pipeline};
@@ -125,11 +129,13 @@ impl BatchExecutor {
             }
         }
         d.recover_sink().await?;
+        let mut progress = ProgressBar::new(&d.id, d.source.progress());
         tokio::pin!(shutdown);
         loop {
             let next = tokio::select! {
                 biased;
                 () = &mut shutdown => {
+                    progress.finish(d.report.records_read);
                     d.flush_sinks().await?;
                     return Ok(d.finish(Outcome::Stopped));
                 }
@@ -138,7 +144,9 @@ impl BatchExecutor {
             let Some(batch) = next else { break };
             d.report.epochs += 1;
             d.process(batch).await?;
+            progress.update(d.report.records_read, d.source.progress());
         }
+        progress.finish(d.report.records_read);
         d.end_of_input().await?;
         d.checkpoint(false, self.run_key.as_deref()).await?;
         Ok(d.finish(Outcome::Completed))

@@ -14,7 +14,7 @@ use super::FilePosition;
 use super::lines::{FileWriter, LineDecoder, LineReader, LineSource};
 use crate::error::{Error, Result};
 use crate::sink::Sink;
-use crate::source::{Boundedness, Source, SourceBatch};
+use crate::source::{Boundedness, Source, SourceBatch, SourceProgress};
 
 /// A source reading rows of a CSV file with a header line, decoding each row into a `T`
 /// by header name (a struct) or by position (a tuple).
@@ -94,6 +94,13 @@ impl<T: DeserializeOwned + Send + 'static> Source for CsvSource<T> {
 
     fn boundedness(&self) -> Boundedness {
         self.inner.boundedness()
+    }
+
+    /// Bytes consumed (the offset of [`position`](Self::position)) out of the file's
+    /// current length, which grows with a tailed file. At the end of a bounded file
+    /// `done == total`.
+    fn progress(&self) -> Option<SourceProgress> {
+        Some(self.inner.progress())
     }
 
     async fn next_batch(&mut self, max: usize) -> Result<Option<SourceBatch<T, FilePosition>>> {

@@ -11,7 +11,7 @@ use std::time::Duration;
 use super::FilePosition;
 use crate::dead_letter::DeadLetter;
 use crate::error::{Error, Location, RecordError, RecordErrorKind, Result};
-use crate::source::{Boundedness, SourceBatch};
+use crate::source::{Boundedness, SourceBatch, SourceProgress};
 
 /// The shortest poll interval of a tailed source.
 const MIN_POLL: Duration = Duration::from_millis(1);
@@ -110,6 +110,26 @@ impl LineReader {
             number,
             offset,
         }))
+    }
+
+    /// How far through the file the reader is, in bytes: `done` is the offset after the
+    /// last line handed out (a partial last line read ahead is not counted), `total`
+    /// the file's current length, asked of the open file (one `fstat`), so that it
+    /// follows a growing file. `total` is never less than `done` (a file that shrank
+    /// reports what was read), and is `None` if the length cannot be read.
+    fn progress(&self) -> SourceProgress {
+        let done = self.position.offset;
+        let total = self
+            .reader
+            .get_ref()
+            .metadata()
+            .ok()
+            .map(|m| m.len().max(done));
+        SourceProgress {
+            done,
+            total,
+            unit: "bytes",
+        }
     }
 
     /// In follow mode, fails if the file is now shorter than what was read from it.
@@ -298,6 +318,12 @@ impl<D: LineDecoder> LineSource<D> {
         } else {
             Boundedness::Bounded
         }
+    }
+
+    /// [`Source::progress`](crate::Source::progress): bytes consumed out of the file's
+    /// current length (see [`LineReader::progress`]).
+    pub(super) fn progress(&self) -> SourceProgress {
+        self.lines.progress()
     }
 
     /// [`Source::next_batch`](crate::Source::next_batch).

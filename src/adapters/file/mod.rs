@@ -23,6 +23,11 @@
 //! newline arrives. A file that shrinks while tailed (truncated or rotated in place) is
 //! an error.
 //!
+//! Both sources report their [`progress`](crate::Source::progress) in bytes: the
+//! offset of their position out of the file's current length (asked of the open file
+//! on each call, so it grows with a tailed file); at the end of a bounded file the two
+//! are equal.
+//!
 //! Sources read with blocking `std::fs` calls, which is fine for local files; their
 //! futures are cancel safe (all progress lives in the source).
 //!

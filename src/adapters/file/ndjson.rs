@@ -12,7 +12,7 @@ use super::FilePosition;
 use super::lines::{FileWriter, LineDecoder, LineSource};
 use crate::error::Result;
 use crate::sink::Sink;
-use crate::source::{Boundedness, Source, SourceBatch};
+use crate::source::{Boundedness, Source, SourceBatch, SourceProgress};
 
 /// A source reading one JSON value of type `T` per line of a file.
 ///
@@ -102,6 +102,13 @@ impl<T: DeserializeOwned + Send + 'static> Source for NdjsonSource<T> {
 
     fn boundedness(&self) -> Boundedness {
         self.inner.boundedness()
+    }
+
+    /// Bytes consumed (the offset of [`position`](Self::position)) out of the file's
+    /// current length, which grows with a tailed file. At the end of a bounded file
+    /// `done == total`.
+    fn progress(&self) -> Option<SourceProgress> {
+        Some(self.inner.progress())
     }
 
     async fn next_batch(&mut self, max: usize) -> Result<Option<SourceBatch<T, FilePosition>>> {
