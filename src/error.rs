@@ -295,6 +295,24 @@ impl Location {
         }
     }
 
+    /// Sets the file.
+    pub fn with_file(mut self, file: impl Into<PathBuf>) -> Self {
+        self.file = Some(file.into());
+        self
+    }
+
+    /// Sets the 1-based line number.
+    pub fn with_line(mut self, line: u64) -> Self {
+        self.line = Some(line);
+        self
+    }
+
+    /// Sets the byte offset.
+    pub fn with_offset(mut self, offset: u64) -> Self {
+        self.offset = Some(offset);
+        self
+    }
+
     /// Sets the partition.
     pub fn with_partition(mut self, partition: impl Into<String>) -> Self {
         self.partition = Some(partition.into());

@@ -134,6 +134,17 @@ impl fmt::Debug for WatermarkStrategy {
 }
 
 impl WatermarkStrategy {
+    /// A custom strategy: `factory` makes one generator per partition.
+    pub fn custom<G, F>(factory: F) -> Self
+    where
+        G: WatermarkGenerator + 'static,
+        F: Fn() -> G + Send + Sync + 'static,
+    {
+        WatermarkStrategy::Custom(Arc::new(move || {
+            Box::new(factory()) as Box<dyn WatermarkGenerator>
+        }))
+    }
+
     fn generator(&self) -> Box<dyn WatermarkGenerator> {
         match self {
             WatermarkStrategy::BoundedOutOfOrderness(d) => Box::new(BoundedOutOfOrderness::new(*d)),
@@ -394,6 +405,32 @@ mod tests {
             "min(10, 12) = 10: unchanged"
         );
         assert_eq!(tr.observe(&(0, 20)).unwrap(), Some(t(12)));
+    }
+
+    #[test]
+    fn a_custom_strategy_makes_one_generator_per_partition() {
+        struct Fixed(Option<DateTime<Utc>>);
+        impl WatermarkGenerator for Fixed {
+            fn on_event(&mut self, ts: DateTime<Utc>) {
+                self.0 = Some(ts - TimeDelta::seconds(100));
+            }
+            fn current(&self) -> Option<DateTime<Utc>> {
+                self.0
+            }
+        }
+        let mut tr = WatermarkTracker::new(
+            EventTime::new(|x: &(u64, i64)| t(x.1))
+                .strategy(WatermarkStrategy::custom(|| Fixed(None)))
+                .partitioned_by(|x: &(u64, i64)| x.0),
+        );
+        assert_eq!(tr.observe(&(0, 500)).unwrap(), Some(t(400)));
+        assert_eq!(
+            tr.observe(&(1, 450)).unwrap(),
+            None,
+            "min(400, 350) goes back"
+        );
+        assert_eq!(tr.observe(&(1, 900)).unwrap(), None, "min(400, 800) = 400");
+        assert_eq!(tr.observe(&(0, 700)).unwrap(), Some(t(600)));
     }
 
     #[test]

@@ -50,7 +50,9 @@
 //! - Checkpoint order: sink flush → sink prepare → checkpoint save → sink commit →
 //!   source ack. A crash anywhere loses nothing.
 //! - No record disappears silently: it reaches the sink, the dead-letter sink (with
-//!   its typed [`RecordError`] and position), or the run fails naming it.
+//!   its typed [`RecordError`] and position), or the run fails naming it. A record
+//!   that arrives after its window closed goes to the late sink, or, without one, is
+//!   counted in [`RunReport::late`].
 //! - A corrupted checkpoint is an error ([`CheckpointError::Corrupt`]), never a silent
 //!   restart from the beginning.
 //! - Stateless chains (`map`, `filter`, `flat_map`, `try_map`, `inspect`) are fused

@@ -541,3 +541,48 @@ async fn stream_emit_interval_batches_upserts_without_changing_the_result() {
         "about one upsert per second: {every_second}"
     );
 }
+
+#[tokio::test]
+async fn a_skipped_batch_run_still_recovers_a_prepared_epoch_and_a_batch_run_acks() {
+    // A crash after saving the final checkpoint of run "k" but before commit: epoch 1
+    // is prepared in the sink and recorded in the checkpoint.
+    let store = MemoryCheckpointStore::new();
+    let (mut sink, handle) = TxCollectSink::new();
+    sink.write(vec![7u8, 8]).await.unwrap();
+    sink.prepare(1).await.unwrap();
+    let mut ck = Checkpoint::new("tx");
+    ck.epoch = 1;
+    ck.completed_runs.insert("k".into());
+    store.save(&ck).await.unwrap();
+    drop(sink);
+
+    let source = ScriptedSource::from_records(vec![1u8, 2]);
+    let p = Pipeline::new(
+        "tx",
+        source,
+        transform::identity(),
+        TxCollectSink::resume(&handle),
+    )
+    .with_checkpoint_store(store.clone());
+    let r = BatchExecutor::new().run_key("k").run(p).await.unwrap();
+    assert!(r.is_skipped());
+    assert_eq!(
+        handle.committed(),
+        vec![7, 8],
+        "the prepared epoch was committed"
+    );
+
+    // A completed batch run acks the end of its range.
+    let source = ScriptedSource::from_records(vec![1u8, 2, 3]);
+    let acks = source.clone();
+    let p = Pipeline::new(
+        "tx",
+        source,
+        transform::identity(),
+        TxCollectSink::resume(&handle),
+    )
+    .with_checkpoint_store(store.clone());
+    BatchExecutor::new().run_key("k2").run(p).await.unwrap();
+    assert_eq!(acks.acked(), vec![3]);
+    assert_eq!(handle.committed(), vec![7, 8, 1, 2, 3]);
+}

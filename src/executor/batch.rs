@@ -122,13 +122,15 @@ impl BatchExecutor {
         let mut d = Driver::new(pipeline, ExecutorKind::Batch);
         d.report.run_key = self.run_key.clone();
         d.load().await?;
+        // Before anything else (even a skip): an epoch prepared before a crash is
+        // committed or discarded as the checkpoint says.
+        d.recover_sink().await?;
         if let Some(key) = &self.run_key {
             if !self.force && d.checkpointed_runs().contains(key) {
                 let reason = format!("run `{key}` already completed");
                 return Ok(d.finish(Outcome::Skipped { reason }));
             }
         }
-        d.recover_sink().await?;
         let mut progress = ProgressBar::new(&d.id, d.source.progress());
         tokio::pin!(shutdown);
         loop {

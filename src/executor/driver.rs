@@ -338,10 +338,10 @@ where
         self.dirty = false;
 
         self.sink.commit(epoch).await?;
-        if progress {
-            if let Some(p) = &self.position {
-                self.source.ack(p).await?;
-            }
+        // Everything up to the position is durable now (for a batch run: the whole
+        // run), so the source may commit it upstream.
+        if let Some(p) = &self.position {
+            self.source.ack(p).await?;
         }
         self.metrics.checkpoint_done(started.elapsed(), bytes);
         tracing::debug!(epoch, took = ?started.elapsed(), bytes, "checkpoint");

@@ -146,7 +146,8 @@ pub struct RunReport {
     pub watermark: Option<chrono::DateTime<chrono::Utc>>,
     /// Watermarks that would have gone backwards and were ignored.
     pub watermark_regressions: u64,
-    /// Checkpoints saved.
+    /// Checkpoints taken (flush, prepare, commit, ack); they are saved only when the
+    /// pipeline has a checkpoint store.
     pub checkpoints: u64,
     /// Epochs run: micro-batches for the micro-batch executor, source batches for the
     /// stream executor, chunks for the batch executor.

@@ -24,7 +24,8 @@ use crate::transform::Transform;
 ///
 /// It checkpoints every [`checkpoint_every_records`](StreamExecutor::checkpoint_every_records)
 /// records, every [`checkpoint_interval`](StreamExecutor::checkpoint_interval), at the
-/// end of a bounded source, and on shutdown; in the order flush → save → commit → ack.
+/// end of a bounded source, and on shutdown; in the order flush → prepare → save →
+/// commit → ack.
 /// On start it resumes from the last checkpoint: restored transform state, sought source.
 ///
 /// ```
@@ -92,8 +93,10 @@ impl StreamExecutor {
 
     /// Emit stateful results (keyed aggregates, update-mode windows) at most this
     /// often instead of after every source batch: fewer, larger upserts for the sink,
-    /// at the cost of up to `interval` more latency. Results are always emitted before
-    /// a checkpoint. Default: after every batch.
+    /// at the cost of more latency. The interval is checked when a batch arrives;
+    /// results pending while the source is quiet go out at the next checkpoint tick
+    /// ([`checkpoint_interval`](StreamExecutor::checkpoint_interval)), since results are
+    /// always emitted before a checkpoint. Default: after every batch.
     pub fn emit_interval(mut self, interval: Duration) -> Self {
         self.emit_interval = Some(interval);
         self
