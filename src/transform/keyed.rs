@@ -6,11 +6,12 @@
 //! (an upsert table) therefore holds the same final table whichever executor ran
 //! the pipeline. Memory is one accumulator per distinct key.
 
-use std::collections::HashMap;
 use std::fmt;
 use std::hash::Hash;
 
 use chrono::{DateTime, Utc};
+// Keyed state is on the hot path: a fast, seeded hasher instead of SipHash.
+use foldhash::{HashMap, HashMapExt};
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use serde_json::Value;
 

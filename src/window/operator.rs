@@ -5,7 +5,10 @@
 //! `i64::MAX` at the end of input.
 
 use std::collections::hash_map::Entry;
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
+
+// Window state is on the hot path: a fast, seeded hasher instead of SipHash.
+use foldhash::{HashMap, HashMapExt};
 use std::fmt;
 use std::hash::Hash;
 use std::marker::PhantomData;
