@@ -85,6 +85,35 @@ pub enum Error {
     /// A configuration value is invalid.
     #[error("invalid configuration: {0}")]
     Config(String),
+    /// More records were dead-lettered than the pipeline's limit allows: the input is
+    /// probably wrong as a whole, so the run stops instead of dead-lettering everything.
+    #[error(
+        "too many dead letters: {dead_lettered} of {records_read} records read (limit: {limit}); the last one: {last}"
+    )]
+    TooManyDeadLetters {
+        /// Records dead-lettered so far.
+        dead_lettered: u64,
+        /// Records read so far.
+        records_read: u64,
+        /// The limit, as configured.
+        limit: String,
+        /// The record that crossed the limit.
+        last: Box<RecordError>,
+    },
+    /// A supervisor restarted the pipeline as often as its budget allows, and it failed
+    /// again.
+    #[error("pipeline `{pipeline}` failed after {restarts} restarts within {window:?}: {last}")]
+    RestartsExhausted {
+        /// The pipeline.
+        pipeline: String,
+        /// Restarts within the window.
+        restarts: u32,
+        /// The window.
+        window: std::time::Duration,
+        /// The last failure.
+        #[source]
+        last: Box<Error>,
+    },
 }
 
 /// A coarse classification of [`Error`], for handling without matching every variant.
@@ -107,6 +136,10 @@ pub enum ErrorKind {
     Unsupported,
     /// See [`Error::Config`].
     Config,
+    /// See [`Error::TooManyDeadLetters`].
+    TooManyDeadLetters,
+    /// See [`Error::RestartsExhausted`].
+    RestartsExhausted,
 }
 
 impl Error {
@@ -185,6 +218,20 @@ impl Error {
         }
     }
 
+    /// Whether restarting the pipeline from its last checkpoint may cure this error:
+    /// source, sink and i/o failures, and checkpoint i/o. Not: a rejected record with
+    /// no dead-letter sink (it would fail again: a poison record must not loop), a
+    /// corrupt checkpoint, bad state, configuration or unsupported operations.
+    pub fn is_restartable(&self) -> bool {
+        matches!(
+            self,
+            Error::Source { .. }
+                | Error::Sink { .. }
+                | Error::Io { .. }
+                | Error::Checkpoint(CheckpointError::Io { .. } | CheckpointError::Other(_))
+        )
+    }
+
     /// The coarse kind of this error.
     pub fn kind(&self) -> ErrorKind {
         match self {
@@ -196,6 +243,8 @@ impl Error {
             Error::State { .. } => ErrorKind::State,
             Error::SeekUnsupported { .. } | Error::UnboundedSource { .. } => ErrorKind::Unsupported,
             Error::Config(_) => ErrorKind::Config,
+            Error::TooManyDeadLetters { .. } => ErrorKind::TooManyDeadLetters,
+            Error::RestartsExhausted { .. } => ErrorKind::RestartsExhausted,
         }
     }
 

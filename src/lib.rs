@@ -89,6 +89,7 @@ pub mod pipeline;
 mod progress;
 pub mod sink;
 pub mod source;
+pub mod supervisor;
 pub mod testing;
 pub mod transform;
 pub mod window;
@@ -103,7 +104,7 @@ pub use executor::{
     Trigger,
 };
 pub use metrics::{MetricsSnapshot, PipelineMetrics};
-pub use pipeline::Pipeline;
+pub use pipeline::{DeadLetterLimit, Pipeline};
 pub use sink::{BoxSink, DeliveryGuarantee, Sink};
 pub use source::{Boundedness, BoxSource, Source, SourceBatch, SourceProgress};
 pub use transform::{Emit, Transform, TransformExt};

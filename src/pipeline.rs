@@ -42,6 +42,61 @@ pub struct Pipeline<S: Source, T, K> {
     pub(crate) late: Option<BoxSink<DeadLetter>>,
     pub(crate) event_time: Option<EventTime<S::Item>>,
     pub(crate) metrics: PipelineMetrics,
+    pub(crate) dead_letter_limit: Option<DeadLetterLimit>,
+}
+
+/// How many dead letters a run tolerates before it fails with
+/// [`Error::TooManyDeadLetters`](crate::Error::TooManyDeadLetters).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum DeadLetterLimit {
+    /// At most this many dead letters per run.
+    Count(u64),
+    /// At most this fraction of the records read (0.01 = 1 %), checked once at least
+    /// `after` records were read (so that one early bad record does not trip it).
+    Fraction {
+        /// The largest tolerated fraction.
+        max: f64,
+        /// Records to read before the fraction is checked.
+        after: u64,
+    },
+}
+
+impl DeadLetterLimit {
+    /// Whether `dead` dead letters out of `read` records exceed the limit.
+    pub fn exceeded(&self, dead: u64, read: u64) -> bool {
+        match *self {
+            DeadLetterLimit::Count(n) => dead > n,
+            DeadLetterLimit::Fraction { max, after } => {
+                read >= after && read > 0 && dead as f64 / read as f64 > max
+            }
+        }
+    }
+
+    /// With `dead` letters so far and `read` records read, the index in a new group of
+    /// `more` letters of the first one that exceeds the limit, if any. A fraction is
+    /// checked per group (per batch).
+    pub(crate) fn first_excess(&self, dead: u64, read: u64, more: usize) -> Option<usize> {
+        match *self {
+            DeadLetterLimit::Count(n) => {
+                let room = n.saturating_sub(dead);
+                (more as u64 > room).then_some(room as usize)
+            }
+            DeadLetterLimit::Fraction { .. } => self
+                .exceeded(dead + more as u64, read)
+                .then_some(more.saturating_sub(1)),
+        }
+    }
+}
+
+impl std::fmt::Display for DeadLetterLimit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DeadLetterLimit::Count(n) => write!(f, "at most {n}"),
+            DeadLetterLimit::Fraction { max, after } => {
+                write!(f, "at most {}% after {after} records", max * 100.0)
+            }
+        }
+    }
 }
 
 impl<S, T, K> Pipeline<S, T, K>
@@ -64,6 +119,7 @@ where
             dead_letters: None,
             late: None,
             event_time: None,
+            dead_letter_limit: None,
         }
     }
 }
@@ -78,6 +134,13 @@ impl<S: Source, T, K> Pipeline<S, T, K> {
     /// Sends rejected records to `sink` instead of failing the run.
     pub fn with_dead_letter_sink(mut self, sink: impl Sink<Item = DeadLetter> + 'static) -> Self {
         self.dead_letters = Some(BoxSink::new(sink));
+        self
+    }
+
+    /// Fails the run with [`Error::TooManyDeadLetters`](crate::Error::TooManyDeadLetters)
+    /// once the dead letters exceed `limit`, instead of dead-lettering everything.
+    pub fn with_dead_letter_limit(mut self, limit: DeadLetterLimit) -> Self {
+        self.dead_letter_limit = Some(limit);
         self
     }
 

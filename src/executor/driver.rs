@@ -14,7 +14,7 @@ use crate::error::{Error, Location, RecordError, RecordErrorKind, Result};
 use crate::event_time::WatermarkTracker;
 use crate::executor::{ExecutorKind, Outcome, RunReport};
 use crate::metrics::PipelineMetrics;
-use crate::pipeline::Pipeline;
+use crate::pipeline::{DeadLetterLimit, Pipeline};
 use crate::sink::{BoxSink, Sink};
 use crate::source::{Source, SourceBatch};
 use crate::transform::{Transform, VecEmitter};
@@ -37,6 +37,7 @@ pub(crate) struct Driver<S: Source, T, K: Sink> {
     dirty: bool,
     pub(crate) report: RunReport,
     metrics: PipelineMetrics,
+    dead_letter_limit: Option<DeadLetterLimit>,
     started: Instant,
 }
 
@@ -76,6 +77,7 @@ where
             watermarks: p.event_time.map(WatermarkTracker::new),
             out: VecEmitter::new(),
             metrics: p.metrics,
+            dead_letter_limit: p.dead_letter_limit,
             position: None,
             dirty: false,
             report,
@@ -258,14 +260,32 @@ where
             }
             match &mut self.dead_letters {
                 Some(dlq) => {
-                    self.report.dead_lettered += letters.len() as u64;
-                    self.metrics.add_dead_lettered(letters.len() as u64);
-                    tracing::warn!(
-                        count = letters.len(),
-                        first = %letters[0].error,
-                        "records sent to the dead-letter sink"
-                    );
-                    dlq.write(letters).await?;
+                    // Over the limit: keep the letters before the one that crosses it,
+                    // then fail with that one.
+                    let crossing = self.dead_letter_limit.and_then(|limit| {
+                        let at = limit.first_excess(
+                            self.report.dead_lettered,
+                            self.report.records_read,
+                            letters.len(),
+                        )?;
+                        Some((limit, letters.drain(at..).next()?))
+                    });
+                    let n = letters.len() as u64;
+                    self.report.dead_lettered += n;
+                    self.metrics.add_dead_lettered(n);
+                    if let Some(first) = letters.first() {
+                        tracing::warn!(count = n, first = %first.error, "records sent to the dead-letter sink");
+                        dlq.write(letters).await?;
+                    }
+                    if let Some((limit, last)) = crossing {
+                        dlq.flush().await?;
+                        return Err(Error::TooManyDeadLetters {
+                            dead_lettered: self.report.dead_lettered + 1,
+                            records_read: self.report.records_read,
+                            limit: limit.to_string(),
+                            last: Box::new(last.error),
+                        });
+                    }
                 }
                 None => {
                     let first = letters.swap_remove(0);
