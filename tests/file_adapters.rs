@@ -1,8 +1,10 @@
 //! File adapters: NDJSON and CSV sources and sinks, byte-exact positions, tail mode,
 //! dead letters.
 
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+mod support;
+use support::TempFile;
+
+use std::path::Path;
 use std::time::Duration;
 
 use batchstream::adapters::CollectSink;
@@ -28,53 +30,6 @@ fn rec(id: u32) -> Rec {
         id,
         name: format!("n{id}"),
         amount: i64::from(id) * 10 - 7,
-    }
-}
-
-/// A unique temp file, removed on drop.
-struct TempFile(PathBuf);
-
-impl TempFile {
-    fn new(name: &str) -> Self {
-        static NEXT: AtomicU64 = AtomicU64::new(0);
-        let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        let path = std::env::temp_dir().join(format!(
-            "batchstream-file-adapters-{}-{n}-{name}",
-            std::process::id()
-        ));
-        let _ = std::fs::remove_file(&path);
-        TempFile(path)
-    }
-
-    fn path(&self) -> &Path {
-        &self.0
-    }
-
-    fn write(&self, text: impl AsRef<[u8]>) {
-        std::fs::write(&self.0, text).unwrap();
-    }
-
-    fn append(&self, text: impl AsRef<[u8]>) {
-        use std::io::Write;
-        let mut f = std::fs::OpenOptions::new()
-            .append(true)
-            .open(&self.0)
-            .unwrap();
-        f.write_all(text.as_ref()).unwrap();
-    }
-
-    fn read(&self) -> String {
-        std::fs::read_to_string(&self.0).unwrap()
-    }
-
-    fn len(&self) -> u64 {
-        std::fs::metadata(&self.0).unwrap().len()
-    }
-}
-
-impl Drop for TempFile {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
     }
 }
 

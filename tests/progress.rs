@@ -1,8 +1,9 @@
 //! Source progress: the file sources report the bytes consumed out of the file's
 //! current length.
 
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+mod support;
+use support::TempFile;
+
 use std::time::Duration;
 
 use batchstream::adapters::file::{CsvSource, FilePosition, NdjsonSource};
@@ -13,49 +14,6 @@ use serde::Deserialize;
 struct Rec {
     id: u32,
     name: String,
-}
-
-/// A unique temp file, removed on drop.
-struct TempFile(PathBuf);
-
-impl TempFile {
-    fn new(name: &str) -> Self {
-        static NEXT: AtomicU64 = AtomicU64::new(0);
-        let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        let path = std::env::temp_dir().join(format!(
-            "batchstream-progress-{}-{n}-{name}",
-            std::process::id()
-        ));
-        let _ = std::fs::remove_file(&path);
-        TempFile(path)
-    }
-
-    fn path(&self) -> &Path {
-        &self.0
-    }
-
-    fn write(&self, text: impl AsRef<[u8]>) {
-        std::fs::write(&self.0, text).unwrap();
-    }
-
-    fn append(&self, text: impl AsRef<[u8]>) {
-        use std::io::Write;
-        let mut f = std::fs::OpenOptions::new()
-            .append(true)
-            .open(&self.0)
-            .unwrap();
-        f.write_all(text.as_ref()).unwrap();
-    }
-
-    fn len(&self) -> u64 {
-        std::fs::metadata(&self.0).unwrap().len()
-    }
-}
-
-impl Drop for TempFile {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-    }
 }
 
 fn bytes(done: u64, total: u64) -> Option<SourceProgress> {
