@@ -145,11 +145,64 @@ impl WatermarkStrategy {
         }))
     }
 
-    fn generator(&self) -> Box<dyn WatermarkGenerator> {
+    fn generator(&self) -> Generator {
         match self {
-            WatermarkStrategy::BoundedOutOfOrderness(d) => Box::new(BoundedOutOfOrderness::new(*d)),
-            WatermarkStrategy::Monotonic => Box::new(BoundedOutOfOrderness::new(TimeDelta::zero())),
-            WatermarkStrategy::Custom(f) => f(),
+            WatermarkStrategy::BoundedOutOfOrderness(d) => {
+                Generator::Bounded(BoundedOutOfOrderness::new(*d))
+            }
+            WatermarkStrategy::Monotonic => {
+                Generator::Bounded(BoundedOutOfOrderness::new(TimeDelta::zero()))
+            }
+            WatermarkStrategy::Custom(f) => Generator::Custom(f()),
+        }
+    }
+}
+
+/// A partition's generator: the built-in one without dynamic dispatch (it runs once
+/// per record), or a custom one.
+enum Generator {
+    Bounded(BoundedOutOfOrderness),
+    Custom(Box<dyn WatermarkGenerator>),
+}
+
+impl Generator {
+    /// Feeds an event; returns whether the generator's watermark may have changed.
+    #[inline]
+    fn on_event(&mut self, ts: DateTime<Utc>) -> bool {
+        match self {
+            Generator::Bounded(b) => {
+                if b.max_seen.is_some_and(|m| ts <= m) {
+                    return false;
+                }
+                b.max_seen = Some(ts);
+                true
+            }
+            Generator::Custom(g) => {
+                g.on_event(ts);
+                true
+            }
+        }
+    }
+
+    #[inline]
+    fn current(&self) -> Option<DateTime<Utc>> {
+        match self {
+            Generator::Bounded(b) => b.current(),
+            Generator::Custom(g) => g.current(),
+        }
+    }
+
+    fn snapshot(&self) -> Value {
+        match self {
+            Generator::Bounded(b) => b.snapshot(),
+            Generator::Custom(g) => g.snapshot(),
+        }
+    }
+
+    fn restore(&mut self, state: Value) -> Result<()> {
+        match self {
+            Generator::Bounded(b) => b.restore(state),
+            Generator::Custom(g) => g.restore(state),
         }
     }
 }
@@ -225,7 +278,7 @@ impl<T> EventTime<T> {
 
 struct Partition {
     id: u64,
-    generator: Box<dyn WatermarkGenerator>,
+    generator: Generator,
     last_active: tokio::time::Instant,
     idle: bool,
 }
@@ -293,9 +346,13 @@ impl<T> WatermarkTracker<T> {
             _ => self.partition_index(id),
         };
         let p = &mut self.partitions[i];
-        p.generator.on_event(ts);
+        let changed = p.generator.on_event(ts);
         p.last_active = self.batch_now;
-        p.idle = false;
+        let was_idle = std::mem::replace(&mut p.idle, false);
+        if !changed && !was_idle {
+            // The common case: an event that does not move its partition's watermark.
+            return Ok(None);
+        }
         Ok(self.recompute())
     }
 
