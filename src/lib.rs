@@ -87,6 +87,7 @@ pub mod executor;
 pub mod metrics;
 pub mod pipeline;
 mod progress;
+pub mod retry;
 pub mod sink;
 pub mod source;
 pub mod supervisor;

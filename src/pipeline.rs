@@ -7,6 +7,7 @@ use crate::checkpoint::{BoxCheckpointStore, CheckpointStore};
 use crate::dead_letter::DeadLetter;
 use crate::event_time::EventTime;
 use crate::metrics::PipelineMetrics;
+use crate::retry::RetryPolicy;
 use crate::sink::{BoxSink, Sink};
 use crate::source::Source;
 use crate::transform::Transform;
@@ -43,6 +44,7 @@ pub struct Pipeline<S: Source, T, K> {
     pub(crate) event_time: Option<EventTime<S::Item>>,
     pub(crate) metrics: PipelineMetrics,
     pub(crate) dead_letter_limit: Option<DeadLetterLimit>,
+    pub(crate) retry: Option<RetryPolicy>,
 }
 
 /// How many dead letters a run tolerates before it fails with
@@ -120,6 +122,7 @@ where
             late: None,
             event_time: None,
             dead_letter_limit: None,
+            retry: None,
         }
     }
 }
@@ -134,6 +137,13 @@ impl<S: Source, T, K> Pipeline<S, T, K> {
     /// Sends rejected records to `sink` instead of failing the run.
     pub fn with_dead_letter_sink(mut self, sink: impl Sink<Item = DeadLetter> + 'static) -> Self {
         self.dead_letters = Some(BoxSink::new(sink));
+        self
+    }
+
+    /// Retries source reads and checkpoint saves that fail with a transient error, as
+    /// `policy` says (see [`crate::retry`]). Default: no retries.
+    pub fn with_retry(mut self, policy: RetryPolicy) -> Self {
+        self.retry = Some(policy);
         self
     }
 

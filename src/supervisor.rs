@@ -50,6 +50,7 @@ use tokio::time::Instant;
 use crate::error::{Error, Result};
 use crate::executor::{Executor, RunReport};
 use crate::pipeline::Pipeline;
+use crate::retry::RetryPolicy;
 use crate::sink::Sink;
 use crate::source::Source;
 use crate::transform::Transform;
@@ -133,20 +134,11 @@ impl Supervisor {
     }
 
     fn backoff(&self, attempt: u32) -> Duration {
-        let exp = self
-            .initial_backoff
-            .saturating_mul(2u32.saturating_pow(attempt.saturating_sub(1)));
-        let d = exp.min(self.max_backoff);
-        if !self.jitter {
-            return d;
-        }
-        // Jitter without a random-number dependency: the clock's sub-microsecond noise.
-        let noise = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|t| t.subsec_nanos())
-            .unwrap_or(0);
-        let frac = 0.5 + f64::from(noise % 1000) / 2000.0;
-        d.mul_f64(frac)
+        RetryPolicy::new()
+            .initial_backoff(self.initial_backoff)
+            .max_backoff(self.max_backoff)
+            .jitter(self.jitter)
+            .delay(attempt)
     }
 
     /// Runs the pipeline that `make` builds under `executor`, restarting it after

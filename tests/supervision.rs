@@ -187,3 +187,123 @@ fn a_fraction_limit_waits_for_enough_records() {
     assert!(!limit.exceeded(10, 100));
     assert!(limit.exceeded(11, 100));
 }
+
+mod retries {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU32, Ordering};
+    use std::time::Duration;
+
+    use batchstream::adapters::CollectSink;
+    use batchstream::checkpoint::{Checkpoint, CheckpointStore, MemoryCheckpointStore};
+    use batchstream::retry::RetryPolicy;
+    use batchstream::testing::{ScriptedSource, Step};
+    use batchstream::transform;
+    use batchstream::{CheckpointError, Error, Pipeline, StreamExecutor};
+
+    fn flaky(failures: usize, retryable: bool) -> ScriptedSource<u32> {
+        let mut steps = vec![Step::Records(vec![1, 2])];
+        for _ in 0..failures {
+            steps.push(Step::Fail {
+                message: "timeout".into(),
+                retryable,
+            });
+        }
+        steps.push(Step::Records(vec![3]));
+        ScriptedSource::new(steps)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn transient_source_errors_are_retried_with_backoff_and_counted() {
+        let (sink, out) = CollectSink::new();
+        let p = Pipeline::new("r", flaky(2, true), transform::identity::<u32>(), sink).with_retry(
+            RetryPolicy::new()
+                .max_attempts(3)
+                .initial_backoff(Duration::from_secs(1))
+                .jitter(false),
+        );
+        let start = tokio::time::Instant::now();
+        let r = StreamExecutor::new().run(p).await.unwrap();
+        assert_eq!(out.items(), vec![1, 2, 3]);
+        assert_eq!(r.metrics.retries, 2);
+        assert_eq!(
+            start.elapsed(),
+            Duration::from_secs(3),
+            "1 s then 2 s of backoff"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn retries_stop_at_max_attempts_and_permanent_errors_are_not_retried() {
+        let policy = RetryPolicy::new()
+            .max_attempts(3)
+            .initial_backoff(Duration::from_millis(1));
+        let (sink, _) = CollectSink::new();
+        let p = Pipeline::new("r", flaky(3, true), transform::identity::<u32>(), sink)
+            .with_retry(policy);
+        let err = StreamExecutor::new().run(p).await.unwrap_err();
+        assert!(err.is_retryable(), "{err}");
+
+        let (sink, _) = CollectSink::new();
+        let p = Pipeline::new("r", flaky(1, false), transform::identity::<u32>(), sink)
+            .with_retry(policy);
+        let metrics = p.metrics();
+        let err = StreamExecutor::new().run(p).await.unwrap_err();
+        assert!(!err.is_retryable());
+        assert_eq!(metrics.snapshot().retries, 0);
+    }
+
+    /// A store whose first `fail` saves fail with a transient i/o error.
+    #[derive(Clone)]
+    struct FlakyStore {
+        inner: MemoryCheckpointStore,
+        fail: Arc<AtomicU32>,
+    }
+
+    impl CheckpointStore for FlakyStore {
+        async fn load(&self, id: &str) -> Result<Option<Checkpoint>, CheckpointError> {
+            self.inner.load(id).await
+        }
+        async fn save(&self, ck: &Checkpoint) -> Result<(), CheckpointError> {
+            if self.fail.load(Ordering::SeqCst) > 0 {
+                self.fail.fetch_sub(1, Ordering::SeqCst);
+                return Err(CheckpointError::Io {
+                    path: "flaky".into(),
+                    source: std::io::Error::new(std::io::ErrorKind::TimedOut, "slow disk"),
+                });
+            }
+            self.inner.save(ck).await
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_transient_checkpoint_save_failure_is_retried() {
+        let store = FlakyStore {
+            inner: MemoryCheckpointStore::new(),
+            fail: Arc::new(AtomicU32::new(1)),
+        };
+        let (sink, _) = CollectSink::new();
+        let p = Pipeline::new("ck", flaky(0, true), transform::identity::<u32>(), sink)
+            .with_checkpoint_store(store.clone())
+            .with_retry(RetryPolicy::new().initial_backoff(Duration::from_millis(5)));
+        let r = StreamExecutor::new().run(p).await.unwrap();
+        assert_eq!(r.metrics.retries, 1);
+        assert_eq!(
+            store.inner.get("ck").unwrap().source_position,
+            Some(3.into())
+        );
+
+        // Without a policy the same failure ends the run with the typed error.
+        let store = FlakyStore {
+            inner: MemoryCheckpointStore::new(),
+            fail: Arc::new(AtomicU32::new(1)),
+        };
+        let (sink, _) = CollectSink::new();
+        let p = Pipeline::new("ck", flaky(0, true), transform::identity::<u32>(), sink)
+            .with_checkpoint_store(store);
+        let err = StreamExecutor::new().run(p).await.unwrap_err();
+        assert!(
+            matches!(err, Error::Checkpoint(CheckpointError::Io { .. })),
+            "{err}"
+        );
+    }
+}

@@ -141,7 +141,7 @@ impl BatchExecutor {
                     d.flush_sinks().await?;
                     return Ok(d.finish(Outcome::Stopped));
                 }
-                next = d.source.next_batch(self.chunk_size) => next?,
+                next = d.next_batch(self.chunk_size) => next?,
             };
             let Some(batch) = next else { break };
             d.report.epochs += 1;

@@ -15,6 +15,7 @@ use crate::event_time::WatermarkTracker;
 use crate::executor::{ExecutorKind, Outcome, RunReport};
 use crate::metrics::PipelineMetrics;
 use crate::pipeline::{DeadLetterLimit, Pipeline};
+use crate::retry::RetryPolicy;
 use crate::sink::{BoxSink, Sink};
 use crate::source::{Source, SourceBatch};
 use crate::transform::{Transform, VecEmitter};
@@ -38,6 +39,7 @@ pub(crate) struct Driver<S: Source, T, K: Sink> {
     pub(crate) report: RunReport,
     metrics: PipelineMetrics,
     dead_letter_limit: Option<DeadLetterLimit>,
+    retry: Option<RetryPolicy>,
     started: Instant,
 }
 
@@ -78,6 +80,7 @@ where
             out: VecEmitter::new(),
             metrics: p.metrics,
             dead_letter_limit: p.dead_letter_limit,
+            retry: p.retry,
             position: None,
             dirty: false,
             report,
@@ -132,6 +135,43 @@ where
     pub(crate) async fn recover_sink(&mut self) -> Result<()> {
         let epoch = (self.base.epoch > 0).then_some(self.base.epoch);
         self.sink.recover(epoch).await
+    }
+
+    /// Reads the next batch, retrying transient source errors as the pipeline's retry
+    /// policy allows. Cancel safe when the source is: a cancelled backoff only
+    /// restarts the attempt count.
+    pub(crate) async fn next_batch(
+        &mut self,
+        max: usize,
+    ) -> Result<Option<SourceBatch<S::Item, S::Position>>> {
+        let first = Instant::now();
+        let mut attempt = 1;
+        loop {
+            match self.source.next_batch(max).await {
+                Err(e) if self.may_retry(&e, attempt, first) => {
+                    let delay = self.before_retry("source read", &e, attempt);
+                    tokio::time::sleep(delay).await;
+                    attempt += 1;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    fn may_retry(&self, e: &Error, attempt: u32, first: Instant) -> bool {
+        e.is_retryable()
+            && self
+                .retry
+                .is_some_and(|p| p.allows(attempt, first.elapsed()))
+    }
+
+    /// Counts and logs a retry; returns how long to wait before it. (Synchronous, so
+    /// that no shared borrow of the driver is held across the wait.)
+    fn before_retry(&self, operation: &str, e: &Error, attempt: u32) -> std::time::Duration {
+        let delay = self.retry.map(|p| p.delay(attempt)).unwrap_or_default();
+        self.metrics.add_retry();
+        tracing::warn!(operation, attempt, ?delay, error = %e, "retrying");
+        delay
     }
 
     pub(crate) fn is_dirty(&self) -> bool {
@@ -352,7 +392,22 @@ where
             }
             self.base.created_at = chrono::Utc::now();
             bytes = serde_json::to_vec(&self.base).ok().map(|b| b.len() as u64);
-            store.save(&self.base).await?;
+            let first = Instant::now();
+            let mut attempt = 1;
+            loop {
+                match store.save(&self.base).await {
+                    Ok(()) => break,
+                    Err(e) => {
+                        let e = Error::from(e);
+                        if !self.may_retry(&e, attempt, first) {
+                            return Err(e);
+                        }
+                        let delay = self.before_retry("checkpoint save", &e, attempt);
+                        tokio::time::sleep(delay).await;
+                        attempt += 1;
+                    }
+                }
+            }
         }
         self.report.checkpoints += 1;
         self.dirty = false;

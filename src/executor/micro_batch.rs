@@ -148,9 +148,9 @@ impl MicroBatchExecutor {
             while taken < self.max_records {
                 let want = self.read_chunk.min(self.max_records - taken);
                 let next = if bounded {
-                    Some(d.source.next_batch(want).await)
+                    Some(d.next_batch(want).await)
                 } else {
-                    time::timeout(self.idle_timeout, d.source.next_batch(want))
+                    time::timeout(self.idle_timeout, d.next_batch(want))
                         .await
                         .ok()
                 };

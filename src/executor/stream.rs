@@ -154,7 +154,7 @@ impl StreamExecutor {
                         since_checkpoint = 0;
                     }
                 }
-                next = d.source.next_batch(self.max_batch) => {
+                next = d.next_batch(self.max_batch) => {
                     let Some(batch) = next? else { break Outcome::Completed };
                     since_checkpoint += (batch.records.len() + batch.rejected.len()) as u64;
                     d.report.epochs += 1;
