@@ -23,6 +23,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use batchstream::adapters::SharedSource;
 use batchstream::transform::{self, TransformExt};
 use batchstream::{
     BatchExecutor, Boundedness, MicroBatchExecutor, Pipeline, Result, Sink, Source, SourceBatch,
@@ -68,45 +69,6 @@ fn generate(n: usize) -> Vec<Rec> {
 // ---------------------------------------------------------------------------------
 // Sources and sinks
 // ---------------------------------------------------------------------------------
-
-/// A bounded source over shared records: each batch is a copy of the next chunk.
-struct SliceSource {
-    data: Arc<Vec<Rec>>,
-    pos: usize,
-}
-
-impl SliceSource {
-    fn new(data: &Arc<Vec<Rec>>) -> Self {
-        SliceSource {
-            data: Arc::clone(data),
-            pos: 0,
-        }
-    }
-}
-
-impl Source for SliceSource {
-    type Item = Rec;
-    type Position = u64;
-
-    fn boundedness(&self) -> Boundedness {
-        Boundedness::Bounded
-    }
-
-    async fn next_batch(&mut self, max: usize) -> Result<Option<SourceBatch<Rec, u64>>> {
-        if self.pos == self.data.len() {
-            return Ok(None);
-        }
-        let end = self.data.len().min(self.pos + max);
-        let records = self.data[self.pos..end].to_vec();
-        self.pos = end;
-        Ok(Some(SourceBatch::new(records, end as u64)))
-    }
-
-    async fn seek(&mut self, position: u64) -> Result<()> {
-        self.pos = (position as usize).min(self.data.len());
-        Ok(())
-    }
-}
 
 /// A bounded source handing out pre-built owned chunks without copying (the chunks
 /// are built outside the timed part). Chunks larger than `max` are split.
@@ -284,7 +246,7 @@ fn w1_pipeline(rt: &Runtime, exec: Exec, data: &Arc<Vec<Rec>>) -> f64 {
     run(
         rt,
         exec,
-        Pipeline::new("w1", SliceSource::new(data), w1_logic(), sink),
+        Pipeline::new("w1", SharedSource::new(data), w1_logic(), sink),
     );
     f64::from_bits(out.load(Ordering::Relaxed))
 }
@@ -309,7 +271,7 @@ fn w2_pipeline(rt: &Runtime, exec: Exec, data: &Arc<Vec<Rec>>) -> Arc<Mutex<Vec<
     run(
         rt,
         exec,
-        Pipeline::new("w2", SliceSource::new(data), w2_logic(), sink),
+        Pipeline::new("w2", SharedSource::new(data), w2_logic(), sink),
     );
     table
 }

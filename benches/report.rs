@@ -80,6 +80,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use batchstream::adapters::ChannelSource;
+use batchstream::adapters::SharedSource;
 use batchstream::checkpoint::FileCheckpointStore;
 use batchstream::event_time::EventTime;
 use batchstream::transform::{self, Aggregator, TransformExt};
@@ -308,36 +309,6 @@ fn w2_hand(data: &[Rec]) -> W2Sum {
 // batchstream: source, sinks, logic
 // ---------------------------------------------------------------------------------
 
-/// A bounded source over shared records: each batch is a copy of the next chunk.
-struct SliceSource {
-    data: Arc<Vec<Rec>>,
-    pos: usize,
-}
-
-impl Source for SliceSource {
-    type Item = Rec;
-    type Position = u64;
-
-    fn boundedness(&self) -> Boundedness {
-        Boundedness::Bounded
-    }
-
-    async fn next_batch(&mut self, max: usize) -> Result<Option<SourceBatch<Rec, u64>>> {
-        if self.pos == self.data.len() {
-            return Ok(None);
-        }
-        let end = self.data.len().min(self.pos + max);
-        let records = self.data[self.pos..end].to_vec();
-        self.pos = end;
-        Ok(Some(SourceBatch::new(records, end as u64)))
-    }
-
-    async fn seek(&mut self, position: u64) -> Result<()> {
-        self.pos = (position as usize).min(self.data.len());
-        Ok(())
-    }
-}
-
 /// A bounded source generating `n` records on the fly (the memory test).
 struct GenSource {
     gen_: Gen,
@@ -481,10 +452,7 @@ fn bs_w1(rt: &Runtime, exec: Exec, data: &Arc<Vec<Rec>>) -> f64 {
         total: 0.0,
         out: Arc::clone(&out),
     };
-    let source = SliceSource {
-        data: Arc::clone(data),
-        pos: 0,
-    };
+    let source = SharedSource::new(data);
     let report = bs_run(rt, exec, Pipeline::new("w1", source, w1_logic(), sink));
     assert_eq!(report.records_read, data.len() as u64);
     f64::from_bits(out.load(Ordering::Relaxed))
@@ -504,10 +472,7 @@ fn bs_w2(
         sum: W2Sum::default(),
         out: Arc::clone(&out),
     };
-    let source = SliceSource {
-        data: Arc::clone(data),
-        pos: 0,
-    };
+    let source = SharedSource::new(data);
     let mut p = Pipeline::new("w2", source, w2_logic(), sink).with_event_time(EventTime::new(ts));
     if let Some(dir) = checkpoint_dir {
         p = p.with_checkpoint_store(FileCheckpointStore::new(dir).expect("checkpoint dir"));

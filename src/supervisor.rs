@@ -14,6 +14,7 @@
 //! use std::time::Duration;
 //! use batchstream::{Pipeline, StreamExecutor};
 //! use batchstream::checkpoint::MemoryCheckpointStore;
+//! use batchstream::retry::RetryPolicy;
 //! use batchstream::supervisor::Supervisor;
 //! use batchstream::testing::{ScriptedSource, Step, TxCollectSink};
 //! use batchstream::transform::identity;
@@ -24,7 +25,7 @@
 //! let (_, out) = TxCollectSink::<u32>::new();
 //! let mut attempt = 0;
 //! let report = Supervisor::new()
-//!     .initial_backoff(Duration::from_millis(1))
+//!     .backoff(RetryPolicy::new().initial_backoff(Duration::from_millis(1)))
 //!     .run(StreamExecutor::new().checkpoint_every_records(2), || {
 //!         attempt += 1;
 //!         // The first attempt's source fails after 3 records.
@@ -60,9 +61,7 @@ use crate::transform::Transform;
 pub struct Supervisor {
     max_restarts: u32,
     window: Duration,
-    initial_backoff: Duration,
-    max_backoff: Duration,
-    jitter: bool,
+    backoff: RetryPolicy,
 }
 
 impl Default for Supervisor {
@@ -70,9 +69,7 @@ impl Default for Supervisor {
         Supervisor {
             max_restarts: 5,
             window: Duration::from_secs(60),
-            initial_backoff: Duration::from_millis(100),
-            max_backoff: Duration::from_secs(30),
-            jitter: true,
+            backoff: RetryPolicy::new(),
         }
     }
 }
@@ -100,8 +97,8 @@ pub struct SupervisedReport {
 }
 
 impl Supervisor {
-    /// At most 5 restarts per minute, backoff from 100 ms doubling up to 30 s, with
-    /// jitter.
+    /// At most 5 restarts per minute, with [`RetryPolicy::new`]'s backoff (from 100 ms
+    /// doubling up to 30 s, with jitter).
     pub fn new() -> Self {
         Self::default()
     }
@@ -113,32 +110,11 @@ impl Supervisor {
         self
     }
 
-    /// The first backoff; it doubles with every restart, up to
-    /// [`max_backoff`](Supervisor::max_backoff).
-    pub fn initial_backoff(mut self, d: Duration) -> Self {
-        self.initial_backoff = d;
+    /// The wait between restarts: `policy`'s [`delay`](RetryPolicy::delay) for the
+    /// n-th restart (its attempt limits do not apply; the restart budget does).
+    pub fn backoff(mut self, policy: RetryPolicy) -> Self {
+        self.backoff = policy;
         self
-    }
-
-    /// The longest backoff.
-    pub fn max_backoff(mut self, d: Duration) -> Self {
-        self.max_backoff = d;
-        self
-    }
-
-    /// Whether to randomize each backoff between half and all of its value (default
-    /// on), so that many instances do not restart in lockstep.
-    pub fn jitter(mut self, on: bool) -> Self {
-        self.jitter = on;
-        self
-    }
-
-    fn backoff(&self, attempt: u32) -> Duration {
-        RetryPolicy::new()
-            .initial_backoff(self.initial_backoff)
-            .max_backoff(self.max_backoff)
-            .jitter(self.jitter)
-            .delay(attempt)
     }
 
     /// Runs the pipeline that `make` builds under `executor`, restarting it after
@@ -185,7 +161,7 @@ impl Supervisor {
                     }
                     recent.push(now);
                     let attempt = restarts.len() as u32 + 1;
-                    let delay = self.backoff(attempt);
+                    let delay = self.backoff.delay(attempt);
                     tracing::warn!(pipeline = %id, attempt, ?delay, error = %e, "restarting pipeline");
                     restarts.push(Restart {
                         attempt,
@@ -195,27 +171,6 @@ impl Supervisor {
                     tokio::time::sleep(delay).await;
                 }
             }
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backoff_doubles_up_to_the_cap_and_jitter_stays_within_half() {
-        let s = Supervisor::new()
-            .initial_backoff(Duration::from_millis(100))
-            .max_backoff(Duration::from_millis(500))
-            .jitter(false);
-        let delays: Vec<u128> = (1..=5).map(|a| s.backoff(a).as_millis()).collect();
-        assert_eq!(delays, vec![100, 200, 400, 500, 500]);
-        let j = s.jitter(true);
-        for a in 1..=5 {
-            let d = j.backoff(a);
-            let cap = Duration::from_millis(500).min(Duration::from_millis(100 << (a - 1)));
-            assert!(d <= cap && d >= cap / 2, "attempt {a}: {d:?}");
         }
     }
 }

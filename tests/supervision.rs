@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use batchstream::adapters::CollectSink;
 use batchstream::checkpoint::MemoryCheckpointStore;
+use batchstream::retry::RetryPolicy;
 use batchstream::supervisor::Supervisor;
 use batchstream::testing::{ScriptedSource, Step, TxCollectSink};
 use batchstream::transform::{self, TransformExt};
@@ -32,8 +33,11 @@ async fn restarts_resume_from_the_checkpoint_with_backoff_and_lose_nothing() {
     let records: Vec<u32> = (0..20).collect();
     let mut attempts = Vec::new();
     let report = Supervisor::new()
-        .initial_backoff(Duration::from_secs(1))
-        .jitter(false)
+        .backoff(
+            RetryPolicy::new()
+                .initial_backoff(Duration::from_secs(1))
+                .jitter(false),
+        )
         .run(
             StreamExecutor::new()
                 .max_batch(3)
@@ -71,7 +75,7 @@ async fn the_restart_budget_ends_a_crash_loop_with_the_last_error() {
     let mut calls = 0;
     let err = Supervisor::new()
         .max_restarts(3, Duration::from_secs(3600))
-        .initial_backoff(Duration::from_millis(10))
+        .backoff(RetryPolicy::new().initial_backoff(Duration::from_millis(10)))
         .run(StreamExecutor::new(), || {
             calls += 1;
             let (sink, _) = CollectSink::new();

@@ -3,6 +3,7 @@
 //! | adapter | kind | notes |
 //! |---|---|---|
 //! | [`IterSource`] | source, bounded | any iterator; position = records consumed |
+//! | [`SharedSource`] | source, bounded | records behind an `Arc`, copied per batch; seeks anywhere |
 //! | [`CollectSink`] | sink, at-least-once | appends to a shared `Vec` |
 //! | [`UpsertSink`] | sink, idempotent | last value per key |
 //! | [`ChannelSource`] / [`ChannelSink`] | tokio mpsc | |
@@ -17,5 +18,5 @@ mod stream;
 
 pub use channel::{ChannelSink, ChannelSource};
 pub use collect::{CollectSink, Collected, UpsertSink, UpsertTable};
-pub use iter::IterSource;
+pub use iter::{IterSource, SharedSource};
 pub use stream::{FuturesSink, StreamSource};
