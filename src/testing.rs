@@ -13,7 +13,7 @@ use std::future::Future;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use crate::adapters::{CollectSink, Collected, UpsertSink};
+use crate::adapters::{CollectSink, Collected, UpsertSink, UpsertTable};
 use crate::dead_letter::DeadLetter;
 use crate::error::{Error, Result};
 use crate::executor::{
@@ -494,28 +494,19 @@ impl Modes {
     /// # Panics
     /// If a run fails or the outputs differ; the message names the executors and shows
     /// both outputs.
-    pub async fn assert_agree<S, T, O, F>(&self, mut make: F) -> Vec<O>
+    pub async fn assert_agree<S, T, O, F>(&self, make: F) -> Vec<O>
     where
         S: Source,
         T: Transform<In = S::Item, Out = O>,
         O: Ord + Debug + Clone + Send + 'static,
         F: FnMut(CollectSink<O>) -> Pipeline<S, T, CollectSink<O>>,
     {
-        let mut results: Vec<(ExecutorKind, Vec<O>)> = Vec::new();
-        for kind in [
-            ExecutorKind::Batch,
-            ExecutorKind::Stream,
-            ExecutorKind::MicroBatch,
-        ] {
-            let (sink, out) = CollectSink::new();
-            if let Err(e) = self.run(kind, make(sink)).await {
-                panic!("the {kind} executor failed: {e}");
-            }
+        self.agree(make, CollectSink::new, |out: &Collected<O>| {
             let mut items = out.items();
             items.sort();
-            results.push((kind, items));
-        }
-        compare(results)
+            items
+        })
+        .await
     }
 
     /// Like [`assert_agree`](Modes::assert_agree) for keyed (upsert) results: compares
@@ -523,7 +514,7 @@ impl Modes {
     ///
     /// # Panics
     /// If a run fails or the tables differ.
-    pub async fn assert_agree_upsert<S, T, K, V, F>(&self, mut make: F) -> BTreeMap<K, V>
+    pub async fn assert_agree_upsert<S, T, K, V, F>(&self, make: F) -> BTreeMap<K, V>
     where
         S: Source,
         T: Transform<In = S::Item, Out = (K, V)>,
@@ -531,17 +522,33 @@ impl Modes {
         V: PartialEq + Debug + Clone + Send + 'static,
         F: FnMut(UpsertSink<K, V>) -> Pipeline<S, T, UpsertSink<K, V>>,
     {
-        let mut results: Vec<(ExecutorKind, BTreeMap<K, V>)> = Vec::new();
+        self.agree(make, UpsertSink::new, UpsertTable::snapshot)
+            .await
+    }
+
+    /// Runs the pipeline `make` builds under each executor, into a fresh sink from
+    /// `new_sink`, reads each result with `read`, and compares them.
+    async fn agree<S, T, K, H, R, F, N, Rd>(&self, mut make: F, mut new_sink: N, read: Rd) -> R
+    where
+        S: Source,
+        T: Transform<In = S::Item, Out = K::Item>,
+        K: Sink,
+        R: PartialEq + Debug,
+        F: FnMut(K) -> Pipeline<S, T, K>,
+        N: FnMut() -> (K, H),
+        Rd: Fn(&H) -> R,
+    {
+        let mut results: Vec<(ExecutorKind, R)> = Vec::new();
         for kind in [
             ExecutorKind::Batch,
             ExecutorKind::Stream,
             ExecutorKind::MicroBatch,
         ] {
-            let (sink, table) = UpsertSink::new();
+            let (sink, handle) = new_sink();
             if let Err(e) = self.run(kind, make(sink)).await {
                 panic!("the {kind} executor failed: {e}");
             }
-            results.push((kind, table.snapshot()));
+            results.push((kind, read(&handle)));
         }
         compare(results)
     }
