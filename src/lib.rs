@@ -79,11 +79,16 @@
 #![warn(missing_debug_implementations, unreachable_pub)]
 
 pub mod adapters;
+pub mod advisor;
 pub mod checkpoint;
+pub mod connectors;
 pub mod dead_letter;
 pub mod error;
 pub mod event_time;
 pub mod executor;
+pub mod incremental;
+pub mod kappa;
+pub mod lambda;
 pub mod metrics;
 pub mod pipeline;
 mod progress;

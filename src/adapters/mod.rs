@@ -14,6 +14,7 @@ mod channel;
 mod collect;
 pub mod file;
 mod iter;
+pub mod partitioned;
 mod stream;
 
 pub use channel::{ChannelSink, ChannelSource};

@@ -68,8 +68,10 @@ use crate::dead_letter::DeadLetter;
 use crate::error::Result;
 
 mod csv;
+pub mod keyed;
 mod lines;
 mod ndjson;
+pub mod transactional;
 
 pub use self::csv::{CsvSink, CsvSource};
 pub use self::ndjson::{NdjsonSink, NdjsonSource};

@@ -1,0 +1,1 @@
+//! Idempotent keyed file sink (in progress).

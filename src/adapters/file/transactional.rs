@@ -1,0 +1,1 @@
+//! Transactional file sink (in progress).

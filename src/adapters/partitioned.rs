@@ -1,0 +1,1 @@
+//! Partitioned sources (in progress).

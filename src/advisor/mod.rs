@@ -1,0 +1,1 @@
+//! The model advisor (in progress).

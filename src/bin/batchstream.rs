@@ -1,0 +1,2 @@
+//! The `batchstream` command-line model advisor (in progress).
+fn main() {}

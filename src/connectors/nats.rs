@@ -1,0 +1,1 @@
+//! nats connector (in progress).

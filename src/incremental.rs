@@ -1,0 +1,1 @@
+//! Incremental aggregates (in progress).

@@ -1,0 +1,1 @@
+//! Kappa architecture (in progress).
