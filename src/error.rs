@@ -100,6 +100,16 @@ pub enum Error {
         /// The record that crossed the limit.
         last: Box<RecordError>,
     },
+    /// A second shutdown signal arrived while the run was stopping gracefully: it was
+    /// abandoned where it stood. Nothing after the last saved checkpoint was committed
+    /// or acked, so a restart resumes from that checkpoint without loss.
+    #[error(
+        "pipeline `{pipeline}` aborted by a second shutdown signal; it resumes from its last checkpoint"
+    )]
+    Aborted {
+        /// The pipeline.
+        pipeline: String,
+    },
     /// A supervisor restarted the pipeline as often as its budget allows, and it failed
     /// again.
     #[error("pipeline `{pipeline}` failed after {restarts} restarts within {window:?}: {last}")]
@@ -140,6 +150,8 @@ pub enum ErrorKind {
     TooManyDeadLetters,
     /// See [`Error::RestartsExhausted`].
     RestartsExhausted,
+    /// See [`Error::Aborted`].
+    Aborted,
 }
 
 impl Error {
@@ -245,6 +257,7 @@ impl Error {
             Error::Config(_) => ErrorKind::Config,
             Error::TooManyDeadLetters { .. } => ErrorKind::TooManyDeadLetters,
             Error::RestartsExhausted { .. } => ErrorKind::RestartsExhausted,
+            Error::Aborted { .. } => ErrorKind::Aborted,
         }
     }
 
@@ -304,6 +317,13 @@ pub enum CheckpointError {
 }
 
 impl CheckpointError {
+    /// Whether the store ran out of space (`ENOSPC`): saving failed, the previous
+    /// checkpoint is intact, and nothing was acked past it.
+    pub fn is_storage_full(&self) -> bool {
+        matches!(self, CheckpointError::Io { source, .. }
+            if source.kind() == std::io::ErrorKind::StorageFull)
+    }
+
     /// Whether retrying may succeed.
     pub fn is_retryable(&self) -> bool {
         matches!(self, CheckpointError::Io { source, .. }

@@ -7,7 +7,7 @@ use crate::checkpoint::{BoxCheckpointStore, CheckpointStore};
 use crate::dead_letter::DeadLetter;
 use crate::event_time::EventTime;
 use crate::metrics::PipelineMetrics;
-use crate::retry::RetryPolicy;
+use crate::retry::{RetryPolicy, RetrySink};
 use crate::sink::{BoxSink, Sink};
 use crate::source::Source;
 use crate::transform::Transform;
@@ -45,6 +45,7 @@ pub struct Pipeline<S: Source, T, K> {
     pub(crate) metrics: PipelineMetrics,
     pub(crate) dead_letter_limit: Option<DeadLetterLimit>,
     pub(crate) retry: Option<RetryPolicy>,
+    pub(crate) exactly_once: bool,
 }
 
 /// How many dead letters a run tolerates before it fails with
@@ -123,6 +124,54 @@ where
             event_time: None,
             dead_letter_limit: None,
             retry: None,
+            exactly_once: false,
+        }
+    }
+}
+
+impl<S: Source, T, K> Pipeline<S, T, K>
+where
+    K: Sink,
+    K::Item: Clone,
+{
+    /// Retries transient failures of the sink's `write`, `flush` and `commit` as
+    /// `policy` says, counting each retry in this pipeline's metrics: the sink is
+    /// wrapped in a [`RetrySink`] (which copies each batch
+    /// before writing it, hence `Clone` records).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use batchstream::{BatchExecutor, Pipeline};
+    /// use batchstream::adapters::IterSource;
+    /// use batchstream::retry::RetryPolicy;
+    /// use batchstream::testing::FailingSink;
+    /// use batchstream::transform;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> batchstream::Result<()> {
+    /// let (flaky, out) = FailingSink::new([1]); // the first write fails, transiently
+    /// let p = Pipeline::new("p", IterSource::new(1..=3), transform::identity::<i32>(), flaky.retryable())
+    ///     .with_sink_retry(RetryPolicy::new().initial_backoff(Duration::from_millis(1)));
+    /// let report = BatchExecutor::new().run(p).await?;
+    /// assert_eq!(out.items(), vec![1, 2, 3]);
+    /// assert_eq!(report.metrics.retries, 1);
+    /// # Ok(()) }
+    /// ```
+    pub fn with_sink_retry(self, policy: RetryPolicy) -> Pipeline<S, T, RetrySink<K>> {
+        let sink = RetrySink::new(self.sink, policy).with_metrics(self.metrics.clone());
+        Pipeline {
+            id: self.id,
+            source: self.source,
+            transform: self.transform,
+            sink,
+            checkpoints: self.checkpoints,
+            dead_letters: self.dead_letters,
+            late: self.late,
+            event_time: self.event_time,
+            metrics: self.metrics,
+            dead_letter_limit: self.dead_letter_limit,
+            retry: self.retry,
+            exactly_once: self.exactly_once,
         }
     }
 }
@@ -141,9 +190,36 @@ impl<S: Source, T, K> Pipeline<S, T, K> {
     }
 
     /// Retries source reads and checkpoint saves that fail with a transient error, as
-    /// `policy` says (see [`crate::retry`]). Default: no retries.
+    /// `policy` says (see [`crate::retry`]). Default: no retries. For sink writes see
+    /// [`with_sink_retry`](Pipeline::with_sink_retry).
     pub fn with_retry(mut self, policy: RetryPolicy) -> Self {
         self.retry = Some(policy);
+        self
+    }
+
+    /// Requires exactly-once output: every executor checks at start that the sink is
+    /// [`Idempotent`](crate::DeliveryGuarantee::Idempotent) or
+    /// [`Transactional`](crate::DeliveryGuarantee::Transactional), and that a
+    /// transactional sink has a checkpoint store to commit against, and fails with
+    /// [`Error::Config`](crate::Error::Config) saying what is missing otherwise.
+    /// Without this, the run goes ahead and [`RunReport::guarantee`](crate::RunReport::guarantee)
+    /// says what it got.
+    ///
+    /// ```
+    /// use batchstream::{Pipeline, StreamExecutor, Error};
+    /// use batchstream::adapters::{CollectSink, IterSource};
+    /// use batchstream::transform;
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let (sink, _out) = CollectSink::new(); // at-least-once
+    /// let p = Pipeline::new("p", IterSource::new(0..3), transform::identity::<i32>(), sink)
+    ///     .require_exactly_once();
+    /// let err = StreamExecutor::new().run(p).await.unwrap_err();
+    /// assert!(matches!(err, Error::Config(_)), "{err}");
+    /// # }
+    /// ```
+    pub fn require_exactly_once(mut self) -> Self {
+        self.exactly_once = true;
         self
     }
 
@@ -189,6 +265,7 @@ impl<S: Source, T, K> fmt::Debug for Pipeline<S, T, K> {
             .field("dead_letters", &self.dead_letters.is_some())
             .field("late", &self.late.is_some())
             .field("event_time", &self.event_time)
+            .field("exactly_once", &self.exactly_once)
             .finish_non_exhaustive()
     }
 }

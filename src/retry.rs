@@ -6,10 +6,17 @@
 //! once. Each retry is counted in the pipeline's metrics. The
 //! [`Supervisor`](crate::supervisor::Supervisor) uses the same backoff between restarts.
 //!
-//! Sink writes are not retried by the executors: `Sink::write` consumes its batch, so
-//! a sink retries inside `write` if it can (see the guide).
+//! Sink writes: `Sink::write` consumes its batch, so the executors cannot retry it
+//! themselves. Wrap the sink in a [`RetrySink`], which keeps a copy of each batch
+//! (records must be `Clone`) and retries transient `write`, `flush` and `commit`
+//! failures under its own policy. As with `tower`'s retry middleware, the copy is the
+//! price of being able to send the request again.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+use crate::error::{Error, Result};
+use crate::metrics::PipelineMetrics;
+use crate::sink::{DeliveryGuarantee, Sink};
 
 /// How often and how patiently to retry a transient failure.
 ///
@@ -140,5 +147,138 @@ mod tests {
         assert!(!p.allows(3, Duration::ZERO));
         assert!(!p.allows(1, Duration::from_secs(1)));
         assert!(!RetryPolicy::new().max_attempts(0).allows(1, Duration::ZERO));
+    }
+}
+
+/// A sink wrapper that retries transient failures of `write`, `flush` and `commit`
+/// (errors with [`Error::is_retryable`]) as its [`RetryPolicy`] allows; permanent
+/// errors, and the last transient one, fail the run as before.
+///
+/// Each batch is cloned before each attempt. For a retried write not to duplicate
+/// records, the inner sink's `write` must be all-or-nothing (or the sink idempotent):
+/// a write that fails half-way must not keep the half it wrote. `prepare` is not
+/// retried; `commit` is, which the [`Sink`] contract allows (committing an epoch twice
+/// must be harmless).
+///
+/// ```
+/// use std::time::Duration;
+/// use batchstream::{BatchExecutor, Pipeline};
+/// use batchstream::adapters::IterSource;
+/// use batchstream::retry::{RetryPolicy, RetrySink};
+/// use batchstream::testing::FailingSink;
+/// use batchstream::transform;
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> batchstream::Result<()> {
+/// // The first write fails with a transient error; the retry delivers it.
+/// let (flaky, out) = FailingSink::new([1]);
+/// let sink = RetrySink::new(flaky.retryable(), RetryPolicy::new().initial_backoff(Duration::ZERO));
+/// let p = Pipeline::new("retry", IterSource::new(1..=3), transform::identity::<i32>(), sink);
+/// let metrics = p.metrics();
+/// BatchExecutor::new().run(p).await?;
+/// assert_eq!(out.items(), vec![1, 2, 3]);
+/// # let _ = metrics;
+/// # Ok(()) }
+/// ```
+#[derive(Debug)]
+pub struct RetrySink<S> {
+    inner: S,
+    policy: RetryPolicy,
+    metrics: Option<PipelineMetrics>,
+}
+
+impl<S> RetrySink<S> {
+    /// Wraps `inner`, retrying as `policy` says.
+    pub fn new(inner: S, policy: RetryPolicy) -> Self {
+        RetrySink {
+            inner,
+            policy,
+            metrics: None,
+        }
+    }
+
+    /// Counts each retry in `metrics` (the pipeline's, from
+    /// [`Pipeline::metrics`](crate::Pipeline::metrics)).
+    pub fn with_metrics(mut self, metrics: PipelineMetrics) -> Self {
+        self.metrics = Some(metrics);
+        self
+    }
+
+    /// The wrapped sink.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// How long to wait before retrying after `attempt` failed with `e`, or `None`
+    /// when it must not be retried. (Synchronous, so that no borrow of the wrapper is
+    /// held across the wait.)
+    fn retry_delay(
+        &self,
+        operation: &str,
+        e: &Error,
+        attempt: u32,
+        first: Instant,
+    ) -> Option<Duration> {
+        if !e.is_retryable() || !self.policy.allows(attempt, first.elapsed()) {
+            return None;
+        }
+        let delay = self.policy.delay(attempt);
+        if let Some(m) = &self.metrics {
+            m.add_retry();
+        }
+        tracing::warn!(operation, attempt, ?delay, error = %e, "retrying sink operation");
+        Some(delay)
+    }
+}
+
+/// Retries `op` on `sink` while [`RetrySink::retry_delay`] allows.
+macro_rules! retrying {
+    ($self:ident, $operation:literal, $call:expr) => {{
+        let first = Instant::now();
+        let mut attempt = 1;
+        loop {
+            match $call {
+                Err(e) => match $self.retry_delay($operation, &e, attempt, first) {
+                    Some(delay) => {
+                        tokio::time::sleep(delay).await;
+                        attempt += 1;
+                    }
+                    None => return Err(e),
+                },
+                ok => return ok,
+            }
+        }
+    }};
+}
+
+impl<S> Sink for RetrySink<S>
+where
+    S: Sink,
+    S::Item: Clone,
+{
+    type Item = S::Item;
+
+    fn guarantee(&self) -> DeliveryGuarantee {
+        self.inner.guarantee()
+    }
+
+    async fn write(&mut self, batch: Vec<S::Item>) -> Result<()> {
+        retrying!(self, "sink write", self.inner.write(batch.clone()).await)
+    }
+
+    async fn flush(&mut self) -> Result<()> {
+        retrying!(self, "sink flush", self.inner.flush().await)
+    }
+
+    async fn prepare(&mut self, epoch: u64) -> Result<()> {
+        self.inner.prepare(epoch).await
+    }
+
+    async fn commit(&mut self, epoch: u64) -> Result<()> {
+        retrying!(self, "sink commit", self.inner.commit(epoch).await)
+    }
+
+    async fn recover(&mut self, checkpointed: Option<u64>) -> Result<()> {
+        self.inner.recover(checkpointed).await
     }
 }

@@ -25,6 +25,7 @@ use std::path::{Path, PathBuf};
 
 use super::{Checkpoint, CheckpointStore};
 use crate::error::CheckpointError;
+use crate::failpoint::failpoint;
 
 const MAGIC: &[u8; 8] = b"BSCKPT01";
 const HEADER_LEN: usize = 8 + 8 + 8 + 4;
@@ -150,17 +151,41 @@ impl FileCheckpointStore {
             let p = p.to_path_buf();
             move |source| CheckpointError::Io { path: p, source }
         };
-        {
+        let written = (|| {
             let mut f = OpenOptions::new()
                 .write(true)
                 .create(true)
                 .truncate(true)
-                .open(&tmp)
-                .map_err(io_at(&tmp))?;
-            f.write_all(&bytes).map_err(io_at(&tmp))?;
-            f.sync_all().map_err(io_at(&tmp))?;
+                .open(&tmp)?;
+            f.write_all(&bytes)?;
+            f.sync_all()
+        })();
+        if let Err(source) = written {
+            // A full disk, say: remove the partial file so that it takes no space; the
+            // previous generation is untouched and still loads.
+            let _ = fs::remove_file(&tmp);
+            return Err(CheckpointError::Io { path: tmp, source });
         }
+        failpoint!("batchstream::checkpoint::after_temp_write", |arg| {
+            let _ = fs::remove_file(&tmp);
+            Err(CheckpointError::Io {
+                path: tmp.clone(),
+                source: crate::failpoint::io_error("after_temp_write", arg),
+            })
+        });
         fs::rename(&tmp, &path).map_err(io_at(&path))?;
+        failpoint!("batchstream::checkpoint::after_rename", |arg| Err(
+            CheckpointError::Io {
+                path: path.clone(),
+                source: crate::failpoint::io_error("after_rename", arg),
+            }
+        ));
+        failpoint!("batchstream::checkpoint::before_dir_fsync", |arg| Err(
+            CheckpointError::Io {
+                path: self.dir.clone(),
+                source: crate::failpoint::io_error("before_dir_fsync", arg),
+            }
+        ));
         sync_dir(&self.dir).map_err(io_at(&self.dir))?;
 
         // Keep the new and the previous generation; older ones are no longer needed.

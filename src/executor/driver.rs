@@ -13,10 +13,13 @@ use chrono::{DateTime, Utc};
 use crate::error::{Error, Location, RecordError, RecordErrorKind, Result};
 use crate::event_time::WatermarkTracker;
 use crate::executor::{ExecutorKind, Outcome, RunReport};
+#[cfg(feature = "failpoints")]
+use crate::failpoint;
+use crate::failpoint::failpoint;
 use crate::metrics::PipelineMetrics;
 use crate::pipeline::{DeadLetterLimit, Pipeline};
 use crate::retry::RetryPolicy;
-use crate::sink::{BoxSink, Sink};
+use crate::sink::{BoxSink, DeliveryGuarantee, Sink};
 use crate::source::{Source, SourceBatch};
 use crate::transform::{Transform, VecEmitter};
 
@@ -40,6 +43,7 @@ pub(crate) struct Driver<S: Source, T, K: Sink> {
     metrics: PipelineMetrics,
     dead_letter_limit: Option<DeadLetterLimit>,
     retry: Option<RetryPolicy>,
+    exactly_once: bool,
     started: Instant,
 }
 
@@ -64,6 +68,7 @@ where
             checkpoints: 0,
             epochs: 0,
             resumed_from_epoch: None,
+            guarantee: DeliveryGuarantee::AtLeastOnce,
             duration: Default::default(),
             metrics: Default::default(),
         };
@@ -81,6 +86,7 @@ where
             metrics: p.metrics,
             dead_letter_limit: p.dead_letter_limit,
             retry: p.retry,
+            exactly_once: p.exactly_once,
             position: None,
             dirty: false,
             report,
@@ -88,8 +94,46 @@ where
         }
     }
 
-    /// Loads the last checkpoint (if a store is configured) without applying it.
+    /// What the run delivers: the sink's guarantee, except that a transactional sink
+    /// without a checkpoint store cannot commit against anything (a restart replays from
+    /// the start), so it is at-least-once.
+    fn effective_guarantee(&self) -> DeliveryGuarantee {
+        match self.sink.guarantee() {
+            DeliveryGuarantee::Transactional if self.store.is_none() => {
+                DeliveryGuarantee::AtLeastOnce
+            }
+            g => g,
+        }
+    }
+
+    /// Checks the pipeline's delivery requirement against its sink and store.
+    fn check_guarantee(&mut self) -> Result<()> {
+        self.report.guarantee = self.effective_guarantee();
+        if !self.exactly_once {
+            return Ok(());
+        }
+        match self.sink.guarantee() {
+            DeliveryGuarantee::AtLeastOnce => Err(Error::Config(format!(
+                "pipeline `{}` requires exactly-once output, but its sink promises only \
+                 at-least-once delivery: use an idempotent (keyed upsert) or a transactional \
+                 (two-phase commit) sink",
+                self.id
+            ))),
+            DeliveryGuarantee::Transactional if self.store.is_none() => {
+                Err(Error::Config(format!(
+                    "pipeline `{}` requires exactly-once output: its transactional sink needs a \
+                 checkpoint store (with_checkpoint_store) to commit epochs against",
+                    self.id
+                )))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Loads the last checkpoint (if a store is configured) without applying it, after
+    /// checking the delivery requirement.
     pub(crate) async fn load(&mut self) -> Result<Option<&Checkpoint>> {
+        self.check_guarantee()?;
         let Some(store) = &self.store else {
             return Ok(None);
         };
@@ -370,9 +414,21 @@ where
     ) -> Result<()> {
         let started = Instant::now();
         let mut bytes = None;
+        failpoint!(
+            "batchstream::sink::before_flush",
+            failpoint::sink_error("before_flush")
+        );
         self.flush_sinks().await?;
+        failpoint!(
+            "batchstream::sink::after_flush",
+            failpoint::sink_error("after_flush")
+        );
         let epoch = self.base.epoch + 1;
         self.sink.prepare(epoch).await?;
+        failpoint!(
+            "batchstream::sink::after_prepare",
+            failpoint::sink_error("after_prepare")
+        );
 
         if let Some(key) = completed_run {
             self.base.completed_runs.insert(key.to_owned());
@@ -413,8 +469,16 @@ where
         self.dirty = false;
 
         self.sink.commit(epoch).await?;
+        failpoint!(
+            "batchstream::sink::after_commit",
+            failpoint::sink_error("after_commit")
+        );
         // Everything up to the position is durable now (for a batch run: the whole
         // run), so the source may commit it upstream.
+        failpoint!(
+            "batchstream::source::before_ack",
+            failpoint::source_error("before_ack")
+        );
         if let Some(p) = &self.position {
             self.source.ack(p).await?;
         }

@@ -50,6 +50,38 @@ macro_rules! entry_points {
             );
             ::tracing::Instrument::instrument(self.clone().execute(pipeline, shutdown), span)
         }
+
+        /// Runs until the source ends or a [`Shutdown`](crate::Shutdown) signal. The
+        /// first signal stops gracefully, as [`run_until`](Self::run_until) does; a
+        /// second one before that is done abandons the run and returns
+        /// [`Error::Aborted`](crate::Error::Aborted) (nothing past the last saved
+        /// checkpoint is committed or acked, so a restart loses nothing).
+        ///
+        /// # Errors
+        /// As `run`, plus [`Error::Aborted`](crate::Error::Aborted).
+        pub fn run_with_shutdown<S, T, K>(
+            &self,
+            pipeline: $crate::Pipeline<S, T, K>,
+            shutdown: $crate::Shutdown,
+        ) -> impl ::std::future::Future<Output = $crate::Result<$crate::RunReport>> + use<S, T, K>
+        where
+            S: $crate::Source,
+            T: $crate::Transform<In = S::Item, Out = K::Item>,
+            K: $crate::Sink,
+        {
+            let id = pipeline.id().to_owned();
+            let run = self.run_until(pipeline, shutdown.clone().requested());
+            async move {
+                ::tokio::select! {
+                    biased;
+                    report = run => report,
+                    () = shutdown.aborted() => {
+                        ::tracing::warn!(pipeline = %id, "second shutdown signal: run aborted");
+                        Err($crate::Error::Aborted { pipeline: id })
+                    }
+                }
+            }
+        }
     };
 }
 
@@ -154,6 +186,11 @@ pub struct RunReport {
     pub epochs: u64,
     /// The checkpoint epoch this run resumed from, if it resumed.
     pub resumed_from_epoch: Option<u64>,
+    /// What the run's output promises after a crash: the sink's
+    /// [`DeliveryGuarantee`](crate::DeliveryGuarantee), or at-least-once for a
+    /// transactional sink without a checkpoint store. See
+    /// [`Pipeline::require_exactly_once`](crate::Pipeline::require_exactly_once).
+    pub guarantee: crate::DeliveryGuarantee,
     /// Wall-clock duration.
     pub duration: Duration,
     /// The pipeline's metrics at the end of the run (latency percentiles, checkpoint

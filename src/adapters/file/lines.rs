@@ -361,6 +361,24 @@ impl<D: LineDecoder> LineSource<D> {
     }
 }
 
+/// The length of the prefix of `file` (of length `len`) that ends with its last
+/// newline: everything after it is a partial line.
+fn complete_lines_len(file: &mut File, len: u64) -> std::io::Result<u64> {
+    let mut end = len;
+    let mut buf = [0u8; 4096];
+    while end > 0 {
+        let start = end.saturating_sub(buf.len() as u64);
+        let chunk = &mut buf[..(end - start) as usize];
+        file.seek(SeekFrom::Start(start))?;
+        file.read_exact(chunk)?;
+        if let Some(i) = chunk.iter().rposition(|&b| b == b'\n') {
+            return Ok(start + i as u64 + 1);
+        }
+        end = start;
+    }
+    Ok(0)
+}
+
 /// A buffered file behind a sink, with errors naming it.
 #[derive(Debug)]
 pub(super) struct FileWriter {
@@ -370,9 +388,10 @@ pub(super) struct FileWriter {
 
 impl FileWriter {
     /// Opens `path` for writing: truncated, or for appending. When appending to a file
-    /// whose last line lacks its newline (a crash mid-write), a newline is added first
-    /// so that the next record starts on a line of its own. Also tells whether the file
-    /// was empty.
+    /// whose last line lacks its newline (a crash mid-write: a torn record, written
+    /// after the last flush and so after the last checkpoint, which a restart writes
+    /// again), that partial line is cut off so that the file stays one record per
+    /// line. Also tells whether the file was empty.
     pub(super) fn open(path: &Path, append: bool) -> Result<(Self, bool)> {
         let io_err = |e| Error::io(path, e);
         let (file, empty) = if append {
@@ -382,14 +401,17 @@ impl FileWriter {
                 .create(true)
                 .open(path)
                 .map_err(io_err)?;
-            let len = file.metadata().map_err(io_err)?.len();
-            if len > 0 {
-                let mut last = [0u8; 1];
-                file.seek(SeekFrom::Start(len - 1)).map_err(io_err)?;
-                file.read_exact(&mut last).map_err(io_err)?;
-                if last[0] != b'\n' {
-                    file.write_all(b"\n").map_err(io_err)?;
-                }
+            let mut len = file.metadata().map_err(io_err)?.len();
+            let keep = complete_lines_len(&mut file, len).map_err(io_err)?;
+            if keep < len {
+                tracing::warn!(
+                    file = %path.display(),
+                    offset = keep,
+                    bytes = len - keep,
+                    "cutting off a partial last line left by a crash"
+                );
+                file.set_len(keep).map_err(io_err)?;
+                len = keep;
             }
             (file, len == 0)
         } else {

@@ -6,6 +6,8 @@
 //! | [`CsvSource`] | source, bounded or tailed | first line is the header |
 //! | [`NdjsonSink`] | sink, at-least-once | one JSON value per line; the default dead-letter sink |
 //! | [`CsvSink`] | sink, at-least-once | writes the header once |
+//! | [`TransactionalFileSink`] | sink, transactional (exactly once) | one NDJSON file per committed epoch, see [`transactional`] |
+//! | [`KeyedFileSink`] | sink, idempotent | an NDJSON log of `(key, value)`, last value wins, see [`keyed`] |
 //!
 //! Both sources checkpoint a [`FilePosition`]: the byte offset of the next unread
 //! byte and the number of lines consumed, so a restart resumes exactly at the byte
@@ -74,7 +76,9 @@ mod ndjson;
 pub mod transactional;
 
 pub use self::csv::{CsvSink, CsvSource};
+pub use self::keyed::KeyedFileSink;
 pub use self::ndjson::{NdjsonSink, NdjsonSource};
+pub use self::transactional::{TransactionalFileSink, read_committed};
 
 /// A position in a line-oriented file: where the next unread line starts.
 ///

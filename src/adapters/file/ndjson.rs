@@ -154,7 +154,8 @@ impl<T: Serialize> NdjsonSink<T> {
     }
 
     /// A sink appending to `path`, created if missing. If the file's last line lacks its
-    /// newline (a crash mid-write), a newline is added first.
+    /// newline (a torn record from a crash mid-write, which the restart writes again),
+    /// that partial line is cut off first, so the file stays one record per line.
     ///
     /// # Errors
     /// [`Error::Io`](crate::Error::Io) naming `path` if the file cannot be opened.
