@@ -326,8 +326,18 @@ impl CheckpointError {
 
     /// Whether retrying may succeed.
     pub fn is_retryable(&self) -> bool {
+        use std::io::ErrorKind as K;
         matches!(self, CheckpointError::Io { source, .. }
-            if matches!(source.kind(), std::io::ErrorKind::Interrupted | std::io::ErrorKind::TimedOut))
+            if matches!(
+                source.kind(),
+                K::Interrupted
+                    | K::TimedOut
+                    | K::ConnectionReset
+                    | K::ConnectionAborted
+                    | K::ConnectionRefused
+                    | K::NotConnected
+                    | K::BrokenPipe
+            ))
     }
 }
 

@@ -264,6 +264,38 @@ fn any_single_bit_flip_is_corrupt() {
 }
 
 #[test]
+fn a_flipped_bit_at_every_byte_is_corrupt_and_the_previous_generation_loads_on_request() {
+    // Exhaustive over the bytes of a real file (one bit per byte, the bit rotating),
+    // with a previous generation present: never a panic, never a silent fallback or a
+    // restart from zero, and the previous generation still available by hand.
+    let tmp = TempDir::new("every-byte");
+    let store = tmp.store();
+    let previous = sample("p1", 1);
+    save(&store, &previous).unwrap();
+    let newest = sample("p1", 2);
+    save(&store, &newest).unwrap();
+    let path = store.latest_path("p1").unwrap().unwrap();
+    let good = fs::read(&path).unwrap();
+    for offset in 0..good.len() {
+        let mut bytes = good.clone();
+        bytes[offset] ^= 1 << (offset % 8);
+        fs::write(&path, &bytes).unwrap();
+        assert_corrupt(
+            load(&store, "p1"),
+            &path,
+            &format!("bit {} of byte {offset} flipped", offset % 8),
+        );
+        assert_eq!(
+            store.load_previous("p1").unwrap(),
+            Some(previous.clone()),
+            "byte {offset}: the previous generation loads on request"
+        );
+    }
+    fs::write(&path, &good).unwrap();
+    assert_eq!(load(&store, "p1").unwrap(), Some(newest));
+}
+
+#[test]
 fn zero_length_file_is_corrupt_not_absent() {
     // As the only generation: it must not read as "never checkpointed".
     let tmp = TempDir::new("empty-only");

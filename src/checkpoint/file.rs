@@ -64,6 +64,28 @@ impl FileCheckpointStore {
         Ok(FileCheckpointStore { dir })
     }
 
+    /// Decodes the bytes of a checkpoint file (as read from `path`, which only names it
+    /// in errors): checks the magic bytes, the length and the CRC-32, then decodes the
+    /// body. Returns the generation the file holds and the checkpoint. Any damage is a
+    /// [`CheckpointError::Corrupt`] naming `path`; no input makes it panic (a fuzz
+    /// target checks that: see `fuzz/`).
+    ///
+    /// # Errors
+    /// [`CheckpointError::Corrupt`].
+    pub fn decode(path: &Path, bytes: &[u8]) -> Result<(u64, Checkpoint), CheckpointError> {
+        let corrupt = |reason: String| CheckpointError::Corrupt {
+            path: path.to_path_buf(),
+            reason,
+        };
+        let (generation, body) = decode(bytes).map_err(corrupt)?;
+        let ck: Checkpoint = serde_json::from_slice(body).map_err(|e| {
+            corrupt(format!(
+                "checksum matches but the body does not decode: {e}"
+            ))
+        })?;
+        Ok((generation, ck))
+    }
+
     /// The directory holding the files.
     pub fn dir(&self) -> &Path {
         &self.dir
@@ -283,17 +305,12 @@ fn read_file(
         path: path.to_path_buf(),
         reason,
     };
-    let (stored, body) = decode(&bytes).map_err(corrupt)?;
+    let (stored, ck) = FileCheckpointStore::decode(path, &bytes)?;
     if stored != generation {
         return Err(corrupt(format!(
             "holds generation {stored}, but its name says generation {generation}"
         )));
     }
-    let ck: Checkpoint = serde_json::from_slice(body).map_err(|e| {
-        corrupt(format!(
-            "checksum matches but the body does not decode: {e}"
-        ))
-    })?;
     if ck.pipeline_id != pipeline_id {
         return Err(corrupt(format!(
             "belongs to pipeline `{}`, not `{pipeline_id}`",
