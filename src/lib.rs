@@ -64,6 +64,11 @@
 //!   and ETA where the source knows its size, e.g. a file), drawn with `indicatif`.
 //! - `metrics`: exports every pipeline's figures through the `metrics` facade crate
 //!   (see [`metrics`](mod@metrics)). The live [`PipelineMetrics`] handle works without it.
+//! - `postgres`, `redis`, `nats`, `kafka`, `sqlite`: connectors to real systems (see
+//!   [`connectors`]), each built on the well-kept client crate for it.
+//! - `cli`: the `batchstream advise` command-line model advisor.
+//! - `failpoints`: named fault-injection points (the `fail` crate) for deterministic
+//!   fault tests; see `docs/fault-tolerance.md`.
 //!
 //! ## Modules
 //! - [`source`], [`transform`], [`sink`], [`checkpoint`]: the four core abstractions.
@@ -73,6 +78,13 @@
 //! - [`event_time`] and [`window`]: watermarks, lateness and keyed windows.
 //! - [`metrics`](mod@metrics): live figures of a running pipeline.
 //! - [`testing`]: helpers for testing your transforms and pipelines.
+//! - [`retry`], [`supervisor`], [`shutdown`](mod@shutdown): retries of transient
+//!   failures, restarts from the last checkpoint, graceful shutdown (a second signal
+//!   aborts).
+//! - [`connectors`]: PostgreSQL, Redis, NATS JetStream, Kafka and SQLite, behind features.
+//! - [`lambda`], [`kappa`], [`incremental`]: the architectures around the model choice.
+//! - [`advisor`]: recommends a model from requirements, and measures a pipeline under
+//!   each executor.
 
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
