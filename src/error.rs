@@ -171,6 +171,24 @@ impl Error {
         }
     }
 
+    /// A source error wrapping `err`, transient when `retryable` (connectors that
+    /// classify their client's errors use this).
+    pub fn source_with(retryable: bool, err: impl Into<BoxError>) -> Self {
+        Error::Source {
+            retryable,
+            source: err.into(),
+        }
+    }
+
+    /// A sink error from `operation` wrapping `err`, transient when `retryable`.
+    pub fn sink_with(operation: &'static str, retryable: bool, err: impl Into<BoxError>) -> Self {
+        Error::Sink {
+            operation,
+            retryable,
+            source: err.into(),
+        }
+    }
+
     /// A permanent sink error from `operation` wrapping `err`.
     pub fn sink(operation: &'static str, err: impl Into<BoxError>) -> Self {
         Error::Sink {
@@ -328,16 +346,16 @@ impl CheckpointError {
     pub fn is_retryable(&self) -> bool {
         use std::io::ErrorKind as K;
         matches!(self, CheckpointError::Io { source, .. }
-            if matches!(
-                source.kind(),
-                K::Interrupted
-                    | K::TimedOut
-                    | K::ConnectionReset
-                    | K::ConnectionAborted
-                    | K::ConnectionRefused
-                    | K::NotConnected
-                    | K::BrokenPipe
-            ))
+        if matches!(
+            source.kind(),
+            K::Interrupted
+                | K::TimedOut
+                | K::ConnectionReset
+                | K::ConnectionAborted
+                | K::ConnectionRefused
+                | K::NotConnected
+                | K::BrokenPipe
+        ))
     }
 }
 
