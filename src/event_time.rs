@@ -23,6 +23,10 @@
 //!   [`DateTime::<Utc>::MAX_UTC`](chrono::DateTime::MAX_UTC), so every window closes.
 //! - A record whose timestamp cannot be read becomes a dead letter of kind
 //!   [`RecordErrorKind::Timestamp`](crate::RecordErrorKind::Timestamp).
+//! - **Timestamps** are any [`EventTimestamp`]: a `DateTime<Utc>`, or integer Unix time
+//!   as [`UnixMillis`] / [`UnixMicros`]. Integers skip the calendar arithmetic of building
+//!   a `DateTime` for every record (the watermark is still reported as a `DateTime`), which
+//!   matters on the hot path: prefer them when the records carry integer times.
 //!
 //! ```
 //! use batchstream::event_time::EventTime;
@@ -147,67 +151,188 @@ impl WatermarkStrategy {
 
     fn generator(&self) -> Generator {
         match self {
-            WatermarkStrategy::BoundedOutOfOrderness(d) => {
-                Generator::Bounded(BoundedOutOfOrderness::new(*d))
-            }
-            WatermarkStrategy::Monotonic => {
-                Generator::Bounded(BoundedOutOfOrderness::new(TimeDelta::zero()))
-            }
+            WatermarkStrategy::BoundedOutOfOrderness(d) => Generator::Bounded {
+                delay: *d,
+                max_seen: None,
+            },
+            WatermarkStrategy::Monotonic => Generator::Bounded {
+                delay: TimeDelta::zero(),
+                max_seen: None,
+            },
             WatermarkStrategy::Custom(f) => Generator::Custom(f()),
         }
     }
 }
 
-/// A partition's generator: the built-in one without dynamic dispatch (it runs once
-/// per record), or a custom one.
+/// A partition's generator: the built-in one without dynamic dispatch or calendar
+/// arithmetic (it runs once per record, on nanoseconds), or a custom one.
 enum Generator {
-    Bounded(BoundedOutOfOrderness),
+    Bounded {
+        delay: TimeDelta,
+        /// The largest timestamp seen, in nanoseconds; `None` before the first.
+        max_seen: Option<i128>,
+    },
     Custom(Box<dyn WatermarkGenerator>),
 }
 
 impl Generator {
     /// Feeds an event; returns whether the generator's watermark may have changed.
     #[inline]
-    fn on_event(&mut self, ts: DateTime<Utc>) -> bool {
+    fn on_event(&mut self, ts: i128) -> bool {
         match self {
-            Generator::Bounded(b) => {
-                if b.max_seen.is_some_and(|m| ts <= m) {
+            Generator::Bounded { max_seen, .. } => {
+                if max_seen.is_some_and(|m| ts <= m) {
                     return false;
                 }
-                b.max_seen = Some(ts);
+                *max_seen = Some(ts);
                 true
             }
             Generator::Custom(g) => {
-                g.on_event(ts);
+                g.on_event(nanos_to_time(ts));
                 true
             }
         }
     }
 
+    /// The generator's watermark in nanoseconds.
     #[inline]
-    fn current(&self) -> Option<DateTime<Utc>> {
+    fn current(&self) -> Option<i128> {
         match self {
-            Generator::Bounded(b) => b.current(),
-            Generator::Custom(g) => g.current(),
+            // As `BoundedOutOfOrderness::current`: the minimum time when the difference
+            // leaves the range of `DateTime<Utc>`.
+            Generator::Bounded { delay, max_seen } => max_seen.map(|m| {
+                let w = m - delta_nanos(*delay);
+                if (MIN_NANOS..=MAX_NANOS).contains(&w) {
+                    w
+                } else {
+                    MIN_NANOS
+                }
+            }),
+            Generator::Custom(g) => g.current().map(time_to_nanos),
         }
     }
 
+    /// The same JSON as [`BoundedOutOfOrderness`] or the custom generator writes.
     fn snapshot(&self) -> Value {
         match self {
-            Generator::Bounded(b) => b.snapshot(),
+            Generator::Bounded { max_seen, .. } => {
+                serde_json::to_value(max_seen.map(nanos_to_time)).unwrap_or(Value::Null)
+            }
             Generator::Custom(g) => g.snapshot(),
         }
     }
 
     fn restore(&mut self, state: Value) -> Result<()> {
         match self {
-            Generator::Bounded(b) => b.restore(state),
+            Generator::Bounded { max_seen, .. } => {
+                let t: Option<DateTime<Utc>> = serde_json::from_value(state)
+                    .map_err(|e| Error::restore_failed("watermark", e))?;
+                *max_seen = t.map(time_to_nanos);
+                Ok(())
+            }
             Generator::Custom(g) => g.restore(state),
         }
     }
 }
 
-type TimestampFn<T> = Box<dyn FnMut(&T) -> std::result::Result<DateTime<Utc>, String> + Send>;
+/// `DateTime::<Utc>::MIN_UTC` in nanoseconds since the Unix epoch.
+const MIN_NANOS: i128 = -8_334_601_228_800_000_000_000;
+/// `DateTime::<Utc>::MAX_UTC` in nanoseconds since the Unix epoch.
+const MAX_NANOS: i128 = 8_210_266_876_799_999_999_999;
+
+#[inline]
+fn time_to_nanos(t: DateTime<Utc>) -> i128 {
+    i128::from(t.timestamp()) * 1_000_000_000 + i128::from(t.timestamp_subsec_nanos())
+}
+
+/// The time `n` nanoseconds after the epoch, clamped to the range of `DateTime<Utc>`.
+fn nanos_to_time(n: i128) -> DateTime<Utc> {
+    let n = n.clamp(MIN_NANOS, MAX_NANOS);
+    let secs = n.div_euclid(1_000_000_000) as i64;
+    let sub = n.rem_euclid(1_000_000_000) as u32;
+    DateTime::from_timestamp(secs, sub).unwrap_or(DateTime::<Utc>::MAX_UTC)
+}
+
+#[inline]
+fn delta_nanos(d: TimeDelta) -> i128 {
+    i128::from(d.num_seconds()) * 1_000_000_000 + i128::from(d.subsec_nanos())
+}
+
+/// A record's event time, as the timestamp function of an [`EventTime`] or of a window
+/// ([`KeyBy::window`](crate::transform::KeyBy::window)) returns it: a `DateTime<Utc>`,
+/// or integer Unix time ([`UnixMillis`], [`UnixMicros`]), which needs no calendar
+/// arithmetic per record.
+///
+/// ```
+/// use batchstream::event_time::{EventTimestamp, UnixMillis};
+/// use chrono::DateTime;
+///
+/// let t = UnixMillis(1_700_000_000_123);
+/// assert_eq!(t.unix_micros(), 1_700_000_000_123_000);
+/// assert_eq!(t.to_datetime(), DateTime::from_timestamp_millis(1_700_000_000_123));
+/// assert_eq!(UnixMillis(i64::MAX).to_datetime(), None, "beyond DateTime's range");
+/// ```
+pub trait EventTimestamp: Copy {
+    /// Nanoseconds since the Unix epoch, or `None` outside the range of `DateTime<Utc>`.
+    fn unix_nanos(self) -> Option<i128>;
+    /// Microseconds since the Unix epoch, rounded down (towards the past); saturating.
+    /// Windows work in whole microseconds.
+    fn unix_micros(self) -> i64;
+    /// As a `DateTime<Utc>`, or `None` outside its range.
+    fn to_datetime(self) -> Option<DateTime<Utc>> {
+        self.unix_nanos().map(nanos_to_time)
+    }
+}
+
+impl EventTimestamp for DateTime<Utc> {
+    #[inline]
+    fn unix_nanos(self) -> Option<i128> {
+        Some(time_to_nanos(self))
+    }
+    #[inline]
+    fn unix_micros(self) -> i64 {
+        self.timestamp_micros()
+    }
+    #[inline]
+    fn to_datetime(self) -> Option<DateTime<Utc>> {
+        Some(self)
+    }
+}
+
+/// Event time as whole milliseconds since the Unix epoch (an [`EventTimestamp`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct UnixMillis(pub i64);
+
+/// Event time as whole microseconds since the Unix epoch (an [`EventTimestamp`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct UnixMicros(pub i64);
+
+impl EventTimestamp for UnixMillis {
+    #[inline]
+    fn unix_nanos(self) -> Option<i128> {
+        let n = i128::from(self.0) * 1_000_000;
+        (MIN_NANOS..=MAX_NANOS).contains(&n).then_some(n)
+    }
+    #[inline]
+    fn unix_micros(self) -> i64 {
+        self.0.saturating_mul(1_000)
+    }
+}
+
+impl EventTimestamp for UnixMicros {
+    #[inline]
+    fn unix_nanos(self) -> Option<i128> {
+        let n = i128::from(self.0) * 1_000;
+        (MIN_NANOS..=MAX_NANOS).contains(&n).then_some(n)
+    }
+    #[inline]
+    fn unix_micros(self) -> i64 {
+        self.0
+    }
+}
+
+/// Reads a record's event time in nanoseconds since the epoch, or the error text.
+type TimestampFn<T> = Box<dyn FnMut(&T) -> std::result::Result<i128, String> + Send>;
 type PartitionFn<T> = Box<dyn FnMut(&T) -> u64 + Send>;
 
 /// A pipeline's event-time settings: timestamps, watermark strategy, partitions,
@@ -230,19 +355,34 @@ impl<T> fmt::Debug for EventTime<T> {
 }
 
 impl<T> EventTime<T> {
-    /// Event time read by `timestamp`; monotonic watermarks until configured otherwise.
-    pub fn new(mut timestamp: impl FnMut(&T) -> DateTime<Utc> + Send + 'static) -> Self {
+    /// Event time read by `timestamp` (a `DateTime<Utc>`, or integer Unix time: see
+    /// [`EventTimestamp`]); monotonic watermarks until configured otherwise.
+    ///
+    /// An integer time outside the range of `DateTime<Utc>` makes the record a dead
+    /// letter of kind [`Timestamp`](crate::RecordErrorKind::Timestamp).
+    ///
+    /// ```
+    /// use batchstream::event_time::{EventTime, UnixMillis};
+    ///
+    /// struct Tick { ts_ms: i64 }
+    /// let et = EventTime::new(|t: &Tick| UnixMillis(t.ts_ms));
+    /// # let _ = et;
+    /// ```
+    pub fn new<R: EventTimestamp>(mut timestamp: impl FnMut(&T) -> R + Send + 'static) -> Self {
         Self::try_new(move |t| Ok::<_, std::convert::Infallible>(timestamp(t)))
     }
 
     /// Event time read by a fallible `timestamp`. A record for which it fails becomes a
     /// dead letter of kind [`Timestamp`](crate::RecordErrorKind::Timestamp) whose
     /// message is the error's text: make it name the field.
-    pub fn try_new<E: fmt::Display>(
-        mut timestamp: impl FnMut(&T) -> std::result::Result<DateTime<Utc>, E> + Send + 'static,
+    pub fn try_new<R: EventTimestamp, E: fmt::Display>(
+        mut timestamp: impl FnMut(&T) -> std::result::Result<R, E> + Send + 'static,
     ) -> Self {
         EventTime {
-            timestamp: Box::new(move |t| timestamp(t).map_err(|e| e.to_string())),
+            timestamp: Box::new(move |t| match timestamp(t) {
+                Ok(r) => r.unix_nanos().ok_or_else(|| out_of_range(r)),
+                Err(e) => Err(e.to_string()),
+            }),
             strategy: WatermarkStrategy::Monotonic,
             partition: None,
             idle_timeout: None,
@@ -276,6 +416,15 @@ impl<T> EventTime<T> {
     }
 }
 
+/// The error text for a timestamp `DateTime<Utc>` cannot hold.
+#[cold]
+fn out_of_range<R: EventTimestamp>(r: R) -> String {
+    format!(
+        "event time {} µs since the Unix epoch is outside the range of DateTime<Utc>",
+        r.unix_micros()
+    )
+}
+
 struct Partition {
     id: u64,
     generator: Generator,
@@ -293,15 +442,23 @@ struct TrackerState {
 pub(crate) struct WatermarkTracker<T> {
     settings: EventTime<T>,
     partitions: Vec<Partition>,
-    current: Option<DateTime<Utc>>,
+    /// The watermark in nanoseconds since the epoch.
+    current: Option<i128>,
     /// Processing time of the batch being read (set by `on_batch`).
     batch_now: tokio::time::Instant,
     pub(crate) regressions: u64,
+    /// One partition, the built-in generator, no idleness: a record at or below the
+    /// largest time seen changes nothing, and nothing else needs updating.
+    simple: bool,
 }
 
 impl<T> WatermarkTracker<T> {
     pub(crate) fn new(settings: EventTime<T>) -> Self {
+        let simple = settings.partition.is_none()
+            && settings.idle_timeout.is_none()
+            && !matches!(settings.strategy, WatermarkStrategy::Custom(_));
         WatermarkTracker {
+            simple,
             settings,
             partitions: Vec::new(),
             current: None,
@@ -311,9 +468,10 @@ impl<T> WatermarkTracker<T> {
     }
 
     pub(crate) fn current(&self) -> Option<DateTime<Utc>> {
-        self.current
+        self.current.map(nanos_to_time)
     }
 
+    #[inline(never)]
     fn partition_index(&mut self, id: u64) -> usize {
         match self.partitions.iter().position(|p| p.id == id) {
             Some(i) => i,
@@ -331,12 +489,30 @@ impl<T> WatermarkTracker<T> {
 
     /// Reads `item`'s timestamp and feeds it to its partition's generator. Returns the
     /// new watermark if it advanced, or the timestamp error text.
-    #[inline]
+    ///
+    /// Runs once per record: the common case (a partition's watermark does not move)
+    /// is small enough to inline into the executor's loop; the rest is out of line.
+    #[inline(always)]
     pub(crate) fn observe(
         &mut self,
         item: &T,
     ) -> std::result::Result<Option<DateTime<Utc>>, String> {
         let ts = (self.settings.timestamp)(item)?;
+        if self.simple {
+            if let Some(Partition {
+                generator:
+                    Generator::Bounded {
+                        max_seen: Some(max),
+                        ..
+                    },
+                ..
+            }) = self.partitions.first()
+            {
+                if ts <= *max {
+                    return Ok(None);
+                }
+            }
+        }
         let id = match &mut self.settings.partition {
             Some(f) => f(item),
             None => 0,
@@ -373,12 +549,12 @@ impl<T> WatermarkTracker<T> {
     }
 
     /// Minimum over active partitions; applied only if it moves forward.
-    #[inline]
+    #[inline(never)]
     fn recompute(&mut self) -> Option<DateTime<Utc>> {
         let combined = if self.partitions.len() == 1 {
             self.partitions[0].generator.current()
         } else {
-            let mut min: Option<DateTime<Utc>> = None;
+            let mut min: Option<i128> = None;
             for p in self.partitions.iter().filter(|p| !p.idle) {
                 match p.generator.current() {
                     // A partition with no watermark yet holds everything back.
@@ -396,14 +572,14 @@ impl<T> WatermarkTracker<T> {
             Some(c) if combined == c => None,
             _ => {
                 self.current = Some(combined);
-                Some(combined)
+                Some(nanos_to_time(combined))
             }
         }
     }
 
     pub(crate) fn snapshot(&self) -> Value {
         let state = TrackerState {
-            current: self.current,
+            current: self.current(),
             partitions: self
                 .partitions
                 .iter()
@@ -419,7 +595,7 @@ impl<T> WatermarkTracker<T> {
         }
         let state: TrackerState =
             serde_json::from_value(state).map_err(|e| Error::restore_failed("watermark", e))?;
-        self.current = state.current;
+        self.current = state.current.map(time_to_nanos);
         self.partitions.clear();
         for (id, gen_state) in state.partitions {
             let i = self.partition_index(id);
@@ -435,6 +611,39 @@ mod tests {
 
     fn t(s: i64) -> DateTime<Utc> {
         DateTime::from_timestamp(s, 0).unwrap()
+    }
+
+    #[test]
+    fn nanosecond_bounds_are_those_of_datetime() {
+        assert_eq!(time_to_nanos(DateTime::<Utc>::MIN_UTC), MIN_NANOS);
+        assert_eq!(time_to_nanos(DateTime::<Utc>::MAX_UTC), MAX_NANOS);
+        assert_eq!(nanos_to_time(MIN_NANOS), DateTime::<Utc>::MIN_UTC);
+        assert_eq!(nanos_to_time(MAX_NANOS), DateTime::<Utc>::MAX_UTC);
+        let t = DateTime::from_timestamp(-5, 123_456_789).unwrap();
+        assert_eq!(nanos_to_time(time_to_nanos(t)), t);
+        assert_eq!(UnixMicros(-1).unix_nanos(), Some(-1_000));
+        assert_eq!(UnixMillis(MIN_NANOS as i64).unix_nanos(), None);
+    }
+
+    #[test]
+    fn integer_timestamps_give_the_same_watermarks_as_datetimes() {
+        let mut ms = WatermarkTracker::new(
+            EventTime::new(|x: &i64| UnixMillis(*x))
+                .bounded_out_of_orderness(TimeDelta::milliseconds(3)),
+        );
+        let mut dt = WatermarkTracker::new(
+            EventTime::new(|x: &i64| DateTime::from_timestamp_millis(*x).unwrap())
+                .bounded_out_of_orderness(TimeDelta::milliseconds(3)),
+        );
+        for x in [10, 9, 10, 15, -20, 1_700_000_000_001] {
+            assert_eq!(ms.observe(&x).unwrap(), dt.observe(&x).unwrap(), "at {x}");
+        }
+        assert_eq!(
+            ms.current(),
+            DateTime::from_timestamp_millis(1_699_999_999_998)
+        );
+        let err = ms.observe(&i64::MAX).unwrap_err();
+        assert!(err.contains("outside the range of DateTime"), "{err}");
     }
 
     #[test]

@@ -49,7 +49,7 @@ where
     F: FnMut(&V) -> K,
     E: Emit<(K, V)>,
 {
-    #[inline]
+    #[inline(always)]
     fn emit(&mut self, item: V) {
         let k = (self.key)(&item);
         self.out.emit((k, item));
@@ -67,7 +67,7 @@ where
     type In = T::In;
     type Out = (K, T::Out);
 
-    #[inline]
+    #[inline(always)]
     fn process<E: Emit<(K, T::Out)>>(&mut self, item: T::In, out: &mut E) {
         let mut ke = KeyEmit {
             key: &mut self.key,

@@ -20,6 +20,7 @@ use serde_json::Value;
 use super::{Kind, OutputMode, Window, WindowResult, Windows, lateness_micros};
 use crate::dead_letter::DeadLetter;
 use crate::error::{Error, Location, RecordError, RecordErrorKind, Result};
+use crate::event_time::EventTimestamp;
 use crate::transform::{Aggregator, Emit, Transform};
 
 const STAGE: &str = "window";
@@ -27,6 +28,12 @@ const STAGE: &str = "window";
 const NO_WATERMARK: i64 = i64::MIN;
 /// The end-of-input watermark: everything closes.
 const END: i64 = i64::MAX;
+/// `DateTime::<Utc>::MIN_UTC` in microseconds: event times are clamped to the range of
+/// `DateTime` (integer timestamps may lie outside it), so window arithmetic cannot
+/// overflow.
+pub(super) const MIN_US: i64 = -8_334_601_228_800_000_000;
+/// `DateTime::<Utc>::MAX_UTC` in microseconds (rounded down).
+pub(super) const MAX_US: i64 = 8_210_266_876_799_999_999;
 /// Emptied pane maps kept for reuse, so a new window does not regrow its map.
 const MAX_SPARE: usize = 4;
 /// Emptied session due lists kept for reuse.
@@ -88,9 +95,14 @@ impl<K, V, Ag: Aggregator<V>, Ts> WindowAggregate<K, V, Ag, Ts> {
     /// An operator over `(key, record)` input assigning records to `windows` by the
     /// event time `timestamp` reads, aggregating each (key, window) with `agg`.
     /// Lateness 0, [`OutputMode::Append`].
-    pub fn new(windows: Windows, timestamp: Ts, agg: Ag) -> Self
+    ///
+    /// `timestamp` returns any [`EventTimestamp`]: a `DateTime<Utc>`, or integer Unix time
+    /// ([`UnixMillis`](crate::event_time::UnixMillis),
+    /// [`UnixMicros`](crate::event_time::UnixMicros)), which skips calendar arithmetic.
+    pub fn new<R>(windows: Windows, timestamp: Ts, agg: Ag) -> Self
     where
-        Ts: FnMut(&V) -> DateTime<Utc>,
+        Ts: FnMut(&V) -> R,
+        R: EventTimestamp,
     {
         WindowAggregate {
             agg,
@@ -188,11 +200,10 @@ struct Fixed<K, A> {
     slide: i64,
     panes: VecDeque<Pane<K, A>>,
     spare: Vec<HashMap<K, Slot<A>>>,
-    /// The slide-aligned start of the last record's period, `[hint, hint + slide)`,
-    /// also as times: a record in it needs no conversion or division.
+    /// The slide-aligned start of the last record's period, `[hint, hint_end)` in
+    /// microseconds: a record in it needs no division.
     hint: i64,
-    hint_lo: DateTime<Utc>,
-    hint_hi: DateTime<Utc>,
+    hint_end: i64,
 }
 
 struct Session<A> {
@@ -320,8 +331,7 @@ impl<K, A> State<K, A> {
                 panes: VecDeque::new(),
                 spare: Vec::new(),
                 hint: 0,
-                hint_lo: DateTime::<Utc>::MAX_UTC,
-                hint_hi: DateTime::<Utc>::MIN_UTC,
+                hint_end: i64::MIN,
             }),
             Kind::Session { gap } => State::Session(Sessions {
                 gap,
@@ -411,18 +421,22 @@ fn pane<'a, K, A>(
 }
 
 impl<K: Hash + Eq + Clone, A> Fixed<K, A> {
-    /// The start of the newest window containing `t` (a multiple of `slide`).
+    /// The start of the newest window containing `t_us` (a multiple of `slide`).
     #[inline(always)]
-    fn last_start(&mut self, t: DateTime<Utc>) -> i64 {
-        if self.hint_lo <= t && t < self.hint_hi {
+    fn last_start(&mut self, t_us: i64) -> i64 {
+        if self.hint <= t_us && t_us < self.hint_end {
             return self.hint;
         }
-        let s = t.timestamp_micros().div_euclid(self.slide) * self.slide;
+        self.last_start_slow(t_us)
+    }
+
+    #[inline(never)]
+    fn last_start_slow(&mut self, t_us: i64) -> i64 {
+        let s = t_us.div_euclid(self.slide) * self.slide;
         self.hint = s;
-        // Clamped to the range of `DateTime` (then a time at the very end misses the
-        // hint and takes this path, which is exact).
-        self.hint_lo = to_time(s);
-        self.hint_hi = to_time(s + self.slide);
+        // Saturated at the end of time (a time there misses the hint and takes this
+        // path, which is exact).
+        self.hint_end = s.saturating_add(self.slide);
         s
     }
 
@@ -593,6 +607,11 @@ where
     #[cold]
     fn late(&self, record: &V, t: DateTime<Utc>) -> DeadLetter {
         let t_us = t.timestamp_micros();
+        self.late_at(record, t, t_us)
+    }
+
+    #[cold]
+    fn late_at(&self, record: &V, t: DateTime<Utc>, t_us: i64) -> DeadLetter {
         let wm = self
             .watermark()
             .map_or_else(|| "none".to_string(), |w| w.to_string());
@@ -624,73 +643,33 @@ where
     }
 }
 
-impl<K, V, Ag, Ts> Transform for WindowAggregate<K, V, Ag, Ts>
+impl<K, V, Ag, Ts, R> Transform for WindowAggregate<K, V, Ag, Ts>
 where
     K: Hash + Eq + Clone + Serialize + DeserializeOwned,
     V: Serialize,
     Ag: Aggregator<V>,
     Ag::Output: Clone + Serialize + DeserializeOwned,
-    Ts: FnMut(&V) -> DateTime<Utc>,
+    Ts: FnMut(&V) -> R,
+    R: EventTimestamp,
 {
     type In = (K, V);
     type Out = WindowResult<K, Ag::Output>;
 
-    #[inline]
+    #[inline(always)]
     fn process<E: Emit<Self::Out>>(&mut self, (key, value): (K, V), out: &mut E) {
         let t = (self.timestamp)(&value);
-        let (lateness, wm) = (self.lateness, self.watermark);
-        let track = self.mode == OutputMode::Update;
-        let agg = &self.agg;
-        let rejected = match &mut self.state {
-            State::Fixed(st) => {
-                let last = st.last_start(t);
-                let size = st.size;
-                if !window_open(last + size, lateness, wm) {
-                    Some(value)
-                } else if st.slide == size {
-                    st.add(agg, track, last, key, Part::Record(value));
-                    None
-                } else {
-                    // Sliding: the open windows containing t start at last, last - slide, ..
-                    let t_us = t.timestamp_micros();
-                    let mut n = 1;
-                    let mut s = last - st.slide;
-                    while s > t_us - size && window_open(s + size, lateness, wm) {
-                        n += 1;
-                        s -= st.slide;
-                    }
-                    if n == 1 {
-                        st.add(agg, track, last, key, Part::Record(value));
-                    } else {
-                        let one = Part::Record(value).into_acc(agg);
-                        let mut start = last;
-                        for _ in 1..n {
-                            st.add(agg, track, start, key.clone(), Part::Partial(one.clone()));
-                            start -= st.slide;
-                        }
-                        st.add::<V, Ag>(agg, track, start, key, Part::Partial(one));
-                    }
-                    None
-                }
+        let t_us = t.unix_micros().clamp(MIN_US, MAX_US);
+        // The hot path, small enough to inline into the caller's loop: a tumbling
+        // window that is still open. Everything else is out of line.
+        if let State::Fixed(st) = &mut self.state {
+            let last = st.last_start(t_us);
+            if st.slide == st.size && window_open(last + st.size, self.lateness, self.watermark) {
+                let track = self.mode == OutputMode::Update;
+                st.add(&self.agg, track, last, key, Part::Record(value));
+                return;
             }
-            State::Session(st) => {
-                let t_us = t.timestamp_micros();
-                let on_time = wm != END && t_us.saturating_add(lateness) >= wm;
-                if on_time || st.inside(&key, t_us) {
-                    st.add(agg, track, key, t_us, value);
-                    if track {
-                        st.prune_dirty();
-                    }
-                    None
-                } else {
-                    Some(value)
-                }
-            }
-        };
-        if let Some(value) = rejected {
-            let letter = self.late(&value, t);
-            out.dead_letter(letter);
         }
+        self.process_slow(key, value, t, t_us, out);
     }
 
     fn on_watermark<E: Emit<Self::Out>>(&mut self, watermark: DateTime<Utc>, out: &mut E) {
@@ -950,6 +929,80 @@ where
             }
         }
         Ok(())
+    }
+}
+
+impl<K, V, Ag, Ts> WindowAggregate<K, V, Ag, Ts>
+where
+    K: Hash + Eq + Clone,
+    V: Serialize,
+    Ag: Aggregator<V>,
+{
+    /// [`Transform::process`] for all but an open tumbling window: sliding windows,
+    /// sessions, late records.
+    #[inline(never)]
+    fn process_slow<R: EventTimestamp, E: Emit<WindowResult<K, Ag::Output>>>(
+        &mut self,
+        key: K,
+        value: V,
+        t: R,
+        t_us: i64,
+        out: &mut E,
+    ) {
+        let (lateness, wm) = (self.lateness, self.watermark);
+        let track = self.mode == OutputMode::Update;
+        let agg = &self.agg;
+        let rejected = match &mut self.state {
+            State::Fixed(st) => {
+                let last = st.last_start(t_us);
+                let size = st.size;
+                if !window_open(last + size, lateness, wm) {
+                    Some(value)
+                } else if st.slide == size {
+                    st.add(agg, track, last, key, Part::Record(value));
+                    None
+                } else {
+                    // Sliding: the open windows containing t start at last, last - slide, ..
+                    let mut n = 1;
+                    let mut s = last - st.slide;
+                    while s > t_us - size && window_open(s + size, lateness, wm) {
+                        n += 1;
+                        s -= st.slide;
+                    }
+                    if n == 1 {
+                        st.add(agg, track, last, key, Part::Record(value));
+                    } else {
+                        let one = Part::Record(value).into_acc(agg);
+                        let mut start = last;
+                        for _ in 1..n {
+                            st.add(agg, track, start, key.clone(), Part::Partial(one.clone()));
+                            start -= st.slide;
+                        }
+                        st.add::<V, Ag>(agg, track, start, key, Part::Partial(one));
+                    }
+                    None
+                }
+            }
+            State::Session(st) => {
+                let on_time = wm != END && t_us.saturating_add(lateness) >= wm;
+                if on_time || st.inside(&key, t_us) {
+                    st.add(agg, track, key, t_us, value);
+                    if track {
+                        st.prune_dirty();
+                    }
+                    None
+                } else {
+                    Some(value)
+                }
+            }
+        };
+        if let Some(value) = rejected {
+            let letter = match t.to_datetime() {
+                Some(dt) => self.late(&value, dt),
+                None => self.late_at(&value, to_time(t_us), t_us),
+            };
+            out.dead_letter(letter);
+        }
     }
 }
 

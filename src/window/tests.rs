@@ -480,3 +480,108 @@ fn builder_chain_reads_like_the_other_combinators() {
     let snap = t.snapshot().unwrap();
     assert!(!snap.is_null());
 }
+
+#[test]
+fn microsecond_bounds_are_those_of_datetime() {
+    use super::operator::{MAX_US, MIN_US};
+    assert_eq!(DateTime::<Utc>::MIN_UTC.timestamp_micros(), MIN_US);
+    assert_eq!(DateTime::<Utc>::MAX_UTC.timestamp_micros(), MAX_US);
+}
+
+/// Integer times beyond the range of `DateTime` are clamped to it: no overflow, and
+/// they land in the first or last window.
+#[test]
+fn out_of_range_integer_times_are_clamped() {
+    use crate::event_time::UnixMicros;
+    let mut op = WindowAggregate::new(
+        Windows::sliding(secs(10), secs(5)),
+        |r: &(i64, i64)| UnixMicros(r.0),
+        Sum::of(|r: &(i64, i64)| r.1),
+    );
+    let mut out = VecEmitter::new();
+    op.process((1u8, (i64::MAX, 1)), &mut out);
+    op.process((1u8, (i64::MIN, 2)), &mut out);
+    op.on_watermark(DateTime::<Utc>::MAX_UTC, &mut out);
+    let mut values: Vec<i64> = out.records.iter().map(|r| r.value).collect();
+    values.sort();
+    assert_eq!(values, [1, 1, 2, 2], "each record in its 2 windows, alone");
+    assert!(
+        out.records
+            .iter()
+            .any(|r| r.window.start == DateTime::<Utc>::MIN_UTC)
+    );
+}
+
+/// Feeds `input` `(key, ms, value)` to `op` with the watermark "largest time seen − 5 s"
+/// before each record, then the end of input; returns the sorted results and the late
+/// records' messages.
+fn drive_ms<T>(op: &mut T, input: &[(u8, i64, i64)]) -> (Vec<(u8, Window, i64)>, Vec<String>)
+where
+    T: Transform<In = (u8, (i64, i64)), Out = WindowResult<u8, i64>>,
+{
+    let mut out = VecEmitter::new();
+    let mut max = i64::MIN;
+    for &(k, t, v) in input {
+        max = max.max(t);
+        let wm = DateTime::from_timestamp_millis(max - 5_000).unwrap();
+        op.on_watermark(wm, &mut out);
+        op.process((k, (t, v)), &mut out);
+    }
+    op.on_watermark(DateTime::<Utc>::MAX_UTC, &mut out);
+    let late = out
+        .dead_letters
+        .iter()
+        .map(|d| d.error.message.clone())
+        .collect();
+    (rows(&out), late)
+}
+
+/// Integer timestamps (`UnixMillis`, `UnixMicros`) assign records to the same windows,
+/// close them at the same watermarks and reject the same late records as `DateTime`s,
+/// for every kind of window and with sub-second and negative times.
+#[test]
+fn integer_timestamps_behave_exactly_like_datetimes() {
+    use crate::event_time::{UnixMicros, UnixMillis};
+    // (key, time in ms, value); out of order, some late, some before the epoch.
+    let input: Vec<(u8, i64, i64)> = vec![
+        (1, 1_500, 1),
+        (2, 9_999, 2),
+        (1, -2_500, 4),
+        (1, 10_000, 8),
+        (2, 4_000, 16),
+        (1, 31_001, 32),
+        (2, 12_000, 64),
+        (1, 30_999, 128),
+        (2, 45_000, 256),
+        (1, 20_000, 512),
+    ];
+    let value = |r: &(i64, i64)| r.1;
+    let windows = [
+        Windows::tumbling(secs(10)),
+        Windows::sliding(secs(10), TimeDelta::milliseconds(2_500)),
+        Windows::session(secs(3)),
+    ];
+    for w in windows {
+        let by_datetime = |r: &(i64, i64)| DateTime::from_timestamp_millis(r.0).unwrap();
+        let expected = drive_ms(
+            &mut WindowAggregate::new(w, by_datetime, Sum::of(value)),
+            &input,
+        );
+        assert!(
+            !expected.0.is_empty() && !expected.1.is_empty(),
+            "{w}: results and late records"
+        );
+        let by_millis = |r: &(i64, i64)| UnixMillis(r.0);
+        let got = drive_ms(
+            &mut WindowAggregate::new(w, by_millis, Sum::of(value)),
+            &input,
+        );
+        assert_eq!(got, expected, "{w}: UnixMillis");
+        let by_micros = |r: &(i64, i64)| UnixMicros(r.0 * 1_000);
+        let got = drive_ms(
+            &mut WindowAggregate::new(w, by_micros, Sum::of(value)),
+            &input,
+        );
+        assert_eq!(got, expected, "{w}: UnixMicros");
+    }
+}
