@@ -370,7 +370,8 @@ pub struct Location {
     /// 1-based line number in the file.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub line: Option<u64>,
-    /// Byte offset of the start of the record in the file.
+    /// Byte offset of the start of the record in the file; for a record from a broker
+    /// (no file), its offset or sequence number in the partition.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub offset: Option<u64>,
     /// The source partition.
@@ -432,7 +433,9 @@ impl fmt::Display for Location {
             parts.push(format!("line {line}"));
         }
         if let Some(offset) = self.offset {
-            parts.push(format!("byte offset {offset}"));
+            // In a file it counts bytes; in a broker partition it is the message offset.
+            let unit = if self.file.is_some() { "byte offset" } else { "offset" };
+            parts.push(format!("{unit} {offset}"));
         }
         if let Some(p) = &self.partition {
             parts.push(format!("partition {p}"));

@@ -55,9 +55,11 @@
 //!   counted in [`RunReport::late`].
 //! - A corrupted checkpoint is an error ([`CheckpointError::Corrupt`]), never a silent
 //!   restart from the beginning.
-//! - Stateless chains (`map`, `filter`, `flat_map`, `try_map`, `inspect`) are fused
-//!   into one pass per record; nothing on the hot path allocates, sends or awaits per
-//!   record.
+//! - Stateless chains (`map`, `filter`, `flat_map`, `try_map`, `inspect`) are fused:
+//!   no buffer between stages. On a batch, `map`, `filter` and `inspect` work in place
+//!   on the batch's own buffer (`filter` without a branch per record); record by record
+//!   (with event time) each record goes through the whole chain first. Nothing on the
+//!   hot path allocates, sends or awaits per record.
 //!
 //! ## Feature flags
 //! - `progress`: a progress bar on stderr for batch runs (records/s, and percentage

@@ -8,7 +8,8 @@
 //! | [`UpsertSink`] | sink, idempotent | last value per key |
 //! | [`ChannelSource`] / [`ChannelSink`] | tokio mpsc | |
 //! | [`StreamSource`] / [`FuturesSink`] | `futures` bridges | |
-//! | [`mod@file`] | NDJSON and CSV files | byte-offset positions, tail mode |
+//! | [`mod@file`] | NDJSON and CSV files | byte-offset positions, tail mode; transactional and keyed file sinks |
+//! | [`partitioned::PartitionedSource`] | source over N lanes | per-lane positions; records tagged with their partition for per-partition watermarks |
 
 mod channel;
 mod collect;

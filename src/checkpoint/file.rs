@@ -156,16 +156,11 @@ impl FileCheckpointStore {
         }
     }
 
-    fn save_sync(&self, checkpoint: &Checkpoint) -> Result<(), CheckpointError> {
-        let id = checkpoint.pipeline_id.as_str();
+    /// Saves a checkpoint of pipeline `id` whose JSON is `body`.
+    fn save_sync(&self, id: &str, body: &[u8]) -> Result<(), CheckpointError> {
         let gens = self.generations(id)?;
         let generation = gens.last().map_or(1, |g| g + 1);
-        let body = serde_json::to_vec(checkpoint).map_err(|e| CheckpointError::Serde {
-            pipeline_id: id.to_owned(),
-            action: "encoded",
-            message: e.to_string(),
-        })?;
-        let bytes = encode(generation, &body);
+        let bytes = encode(generation, body);
 
         let path = self.path_for(id, generation);
         let tmp = path.with_extension("ckpt.tmp");
@@ -343,9 +338,29 @@ impl CheckpointStore for FileCheckpointStore {
         &self,
         checkpoint: &Checkpoint,
     ) -> impl Future<Output = Result<(), CheckpointError>> + Send {
+        let encoded = serde_json::to_vec(checkpoint).map_err(|e| CheckpointError::Serde {
+            pipeline_id: checkpoint.pipeline_id.clone(),
+            action: "encoded",
+            message: e.to_string(),
+        });
         let this = self.clone();
-        let ck = checkpoint.clone();
-        blocking(move || this.save_sync(&ck))
+        let id = checkpoint.pipeline_id.clone();
+        async move {
+            let body = encoded?;
+            blocking(move || this.save_sync(&id, &body)).await
+        }
+    }
+
+    fn save_json(
+        &self,
+        checkpoint: &Checkpoint,
+        json: &[u8],
+    ) -> impl Future<Output = Result<(), CheckpointError>> + Send {
+        // The caller encoded it already: write those bytes, do not encode again.
+        let this = self.clone();
+        let id = checkpoint.pipeline_id.clone();
+        let body = json.to_vec();
+        blocking(move || this.save_sync(&id, &body))
     }
 }
 

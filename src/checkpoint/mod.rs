@@ -122,6 +122,19 @@ pub trait CheckpointStore: Send + Sync {
         &self,
         checkpoint: &Checkpoint,
     ) -> impl Future<Output = Result<(), CheckpointError>> + Send;
+
+    /// Saves `checkpoint`, whose JSON encoding (`serde_json::to_vec(checkpoint)`) the
+    /// caller already has in `json`: a store that writes JSON can write those bytes
+    /// instead of encoding the checkpoint again (the executors call this one). The
+    /// default ignores `json` and calls [`save`](CheckpointStore::save).
+    fn save_json(
+        &self,
+        checkpoint: &Checkpoint,
+        json: &[u8],
+    ) -> impl Future<Output = Result<(), CheckpointError>> + Send {
+        let _ = json;
+        self.save(checkpoint)
+    }
 }
 
 trait DynCheckpointStore: Send + Sync {
@@ -131,6 +144,11 @@ trait DynCheckpointStore: Send + Sync {
     ) -> BoxFuture<'a, Result<Option<Checkpoint>, CheckpointError>>;
     fn save<'a>(&'a self, checkpoint: &'a Checkpoint)
     -> BoxFuture<'a, Result<(), CheckpointError>>;
+    fn save_json<'a>(
+        &'a self,
+        checkpoint: &'a Checkpoint,
+        json: &'a [u8],
+    ) -> BoxFuture<'a, Result<(), CheckpointError>>;
 }
 
 impl<S: CheckpointStore> DynCheckpointStore for S {
@@ -145,6 +163,13 @@ impl<S: CheckpointStore> DynCheckpointStore for S {
         checkpoint: &'a Checkpoint,
     ) -> BoxFuture<'a, Result<(), CheckpointError>> {
         Box::pin(CheckpointStore::save(self, checkpoint))
+    }
+    fn save_json<'a>(
+        &'a self,
+        checkpoint: &'a Checkpoint,
+        json: &'a [u8],
+    ) -> BoxFuture<'a, Result<(), CheckpointError>> {
+        Box::pin(CheckpointStore::save_json(self, checkpoint, json))
     }
 }
 
@@ -182,9 +207,14 @@ impl CheckpointStore for BoxCheckpointStore {
         &self,
         checkpoint: &Checkpoint,
     ) -> impl Future<Output = Result<(), CheckpointError>> + Send {
-        let inner = Arc::clone(&self.inner);
-        let checkpoint = checkpoint.clone();
-        async move { inner.save(&checkpoint).await }
+        async move { self.inner.save(checkpoint).await }
+    }
+    fn save_json(
+        &self,
+        checkpoint: &Checkpoint,
+        json: &[u8],
+    ) -> impl Future<Output = Result<(), CheckpointError>> + Send {
+        async move { self.inner.save_json(checkpoint, json).await }
     }
 }
 
@@ -200,5 +230,12 @@ impl<S: CheckpointStore> CheckpointStore for Arc<S> {
         checkpoint: &Checkpoint,
     ) -> impl Future<Output = Result<(), CheckpointError>> + Send {
         (**self).save(checkpoint)
+    }
+    fn save_json(
+        &self,
+        checkpoint: &Checkpoint,
+        json: &[u8],
+    ) -> impl Future<Output = Result<(), CheckpointError>> + Send {
+        (**self).save_json(checkpoint, json)
     }
 }

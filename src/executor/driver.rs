@@ -10,7 +10,7 @@ use crate::checkpoint::{BoxCheckpointStore, Checkpoint, CheckpointStore};
 use crate::dead_letter::DeadLetter;
 use chrono::{DateTime, Utc};
 
-use crate::error::{Error, Location, RecordError, RecordErrorKind, Result};
+use crate::error::{CheckpointError, Error, Location, RecordError, RecordErrorKind, Result};
 use crate::event_time::WatermarkTracker;
 use crate::executor::{ExecutorKind, Outcome, RunReport};
 #[cfg(feature = "failpoints")]
@@ -447,11 +447,19 @@ where
                 }
             }
             self.base.created_at = chrono::Utc::now();
-            bytes = serde_json::to_vec(&self.base).ok().map(|b| b.len() as u64);
+            // Encoded once, here: the size goes to the metrics, the bytes to the store.
+            let json = serde_json::to_vec(&self.base).map_err(|e| {
+                Error::Checkpoint(CheckpointError::Serde {
+                    pipeline_id: self.id.clone(),
+                    action: "encoded",
+                    message: e.to_string(),
+                })
+            })?;
+            bytes = Some(json.len() as u64);
             let first = Instant::now();
             let mut attempt = 1;
             loop {
-                match store.save(&self.base).await {
+                match store.save_json(&self.base, &json).await {
                     Ok(()) => break,
                     Err(e) => {
                         let e = Error::from(e);
