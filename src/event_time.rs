@@ -342,6 +342,7 @@ pub struct EventTime<T> {
     strategy: WatermarkStrategy,
     partition: Option<PartitionFn<T>>,
     idle_timeout: Option<Duration>,
+    expected: Vec<u64>,
 }
 
 impl<T> fmt::Debug for EventTime<T> {
@@ -350,6 +351,7 @@ impl<T> fmt::Debug for EventTime<T> {
             .field("strategy", &self.strategy)
             .field("partitioned", &self.partition.is_some())
             .field("idle_timeout", &self.idle_timeout)
+            .field("expected_partitions", &self.expected)
             .finish_non_exhaustive()
     }
 }
@@ -386,6 +388,7 @@ impl<T> EventTime<T> {
             strategy: WatermarkStrategy::Monotonic,
             partition: None,
             idle_timeout: None,
+            expected: Vec::new(),
         }
     }
 
@@ -405,6 +408,27 @@ impl<T> EventTime<T> {
     /// the minimum.
     pub fn partitioned_by(mut self, partition: impl FnMut(&T) -> u64 + Send + 'static) -> Self {
         self.partition = Some(Box::new(partition));
+        self
+    }
+
+    /// Declares the partitions the input has (with [`partitioned_by`](Self::partitioned_by)):
+    /// each holds the watermark back from the start, until its first record (or, with
+    /// an [`idle_timeout`](Self::idle_timeout), until it has been silent that long).
+    /// Without this, a partition counts only from its first record, so one that is
+    /// read late (a broker delivering a backlog partition by partition) finds the
+    /// watermark already past its records, which then arrive late.
+    ///
+    /// ```
+    /// use batchstream::event_time::{EventTime, UnixMillis};
+    ///
+    /// struct Msg { partition: u64, ts_ms: i64 }
+    /// let et = EventTime::new(|m: &Msg| UnixMillis(m.ts_ms))
+    ///     .partitioned_by(|m: &Msg| m.partition)
+    ///     .expect_partitions(0..3);
+    /// # let _ = et;
+    /// ```
+    pub fn expect_partitions(mut self, partitions: impl IntoIterator<Item = u64>) -> Self {
+        self.expected = partitions.into_iter().collect();
         self
     }
 
@@ -456,14 +480,25 @@ impl<T> WatermarkTracker<T> {
     pub(crate) fn new(settings: EventTime<T>) -> Self {
         let simple = settings.partition.is_none()
             && settings.idle_timeout.is_none()
+            && settings.expected.is_empty()
             && !matches!(settings.strategy, WatermarkStrategy::Custom(_));
-        WatermarkTracker {
+        let mut tracker = WatermarkTracker {
             simple,
             settings,
             partitions: Vec::new(),
             current: None,
             batch_now: tokio::time::Instant::now(),
             regressions: 0,
+        };
+        tracker.add_expected();
+        tracker
+    }
+
+    /// Registers the declared partitions that are not tracked yet: with no watermark
+    /// of their own, they hold the combined one back.
+    fn add_expected(&mut self) {
+        for id in self.settings.expected.clone() {
+            self.partition_index(id);
         }
     }
 
@@ -601,6 +636,7 @@ impl<T> WatermarkTracker<T> {
             let i = self.partition_index(id);
             self.partitions[i].generator.restore(gen_state)?;
         }
+        self.add_expected();
         Ok(())
     }
 }

@@ -5,7 +5,7 @@ use batchstream::adapters::CollectSink;
 use batchstream::checkpoint::MemoryCheckpointStore;
 use batchstream::event_time::EventTime;
 use batchstream::testing::{Modes, ScriptedSource, Step};
-use batchstream::transform::Emit;
+use batchstream::transform::{Emit, TransformExt};
 use batchstream::{
     DeadLetter, ExecutorKind, Location, MicroBatchExecutor, Pipeline, RecordError, RecordErrorKind,
     StreamExecutor, Transform, Trigger,
@@ -221,4 +221,42 @@ async fn watermark_state_survives_a_restart() {
     assert_eq!(r.late, 1);
     assert_eq!(late.items()[0].record, Some(serde_json::json!(90)));
     assert_eq!(out.items(), vec![130]);
+}
+
+#[tokio::test]
+async fn expected_partitions_hold_the_watermark_until_each_has_sent() {
+    // Partition 1's backlog is read after partition 0's (as a broker may deliver it).
+    let input = vec![(0u64, 100i64), (0, 200), (1, 50), (1, 150)];
+    let run = |expect: bool| {
+        let input = input.clone();
+        async move {
+            let (sink, out) = CollectSink::new();
+            let mut et =
+                EventTime::new(|r: &(u64, i64)| t(r.1)).partitioned_by(|r: &(u64, i64)| r.0);
+            if expect {
+                et = et.expect_partitions([0, 1]);
+            }
+            let p = Pipeline::new(
+                "expected",
+                ScriptedSource::from_records(input),
+                batchstream::transform::identity::<(u64, i64)>()
+                    .map(|r| r.1)
+                    .then(LateFilter::default()),
+                sink,
+            )
+            .with_event_time(et);
+            let r = StreamExecutor::new().max_batch(1).run(p).await.unwrap();
+            (r, out.items())
+        }
+    };
+    // Without the declaration partition 1 counts only from its first record: the
+    // watermark is at 200 by then, and its records are late.
+    let (r, out) = run(false).await;
+    assert_eq!(r.late, 2);
+    assert_eq!(out, vec![100, 200]);
+    // Declared, it holds the watermark back until it sends: nothing is late.
+    let (r, out) = run(true).await;
+    assert_eq!(r.late, 0, "{r}");
+    assert_eq!(r.watermark_regressions, 0);
+    assert_eq!(out, vec![100, 200, 50, 150]);
 }
