@@ -434,7 +434,11 @@ impl fmt::Display for Location {
         }
         if let Some(offset) = self.offset {
             // In a file it counts bytes; in a broker partition it is the message offset.
-            let unit = if self.file.is_some() { "byte offset" } else { "offset" };
+            let unit = if self.file.is_some() {
+                "byte offset"
+            } else {
+                "offset"
+            };
             parts.push(format!("{unit} {offset}"));
         }
         if let Some(p) = &self.partition {

@@ -393,7 +393,9 @@ mod tests {
         let store = FileCheckpointStore::new(&dir).unwrap();
         let saved: Vec<Checkpoint> = (1..=4).map(sample).collect();
         for ck in &saved {
-            store.save_sync(ck).unwrap();
+            store
+                .save_sync(&ck.pipeline_id, &serde_json::to_vec(ck).unwrap())
+                .unwrap();
         }
         assert_eq!(store.load_sync("p1").unwrap().unwrap(), saved[3]);
         assert_eq!(store.load_previous("p1").unwrap().unwrap(), saved[2]);
@@ -406,7 +408,9 @@ mod tests {
     fn every_truncation_is_detected_as_corrupt() {
         let dir = tempdir("trunc");
         let store = FileCheckpointStore::new(&dir).unwrap();
-        store.save_sync(&sample(1)).unwrap();
+        store
+            .save_sync("p1", &serde_json::to_vec(&sample(1)).unwrap())
+            .unwrap();
         let path = store.latest_path("p1").unwrap().unwrap();
         let full = fs::read(&path).unwrap();
         for len in 0..full.len() {

@@ -203,18 +203,11 @@ impl CheckpointStore for BoxCheckpointStore {
         let id = pipeline_id.to_owned();
         async move { inner.load(&id).await }
     }
-    fn save(
-        &self,
-        checkpoint: &Checkpoint,
-    ) -> impl Future<Output = Result<(), CheckpointError>> + Send {
-        async move { self.inner.save(checkpoint).await }
+    async fn save(&self, checkpoint: &Checkpoint) -> Result<(), CheckpointError> {
+        self.inner.save(checkpoint).await
     }
-    fn save_json(
-        &self,
-        checkpoint: &Checkpoint,
-        json: &[u8],
-    ) -> impl Future<Output = Result<(), CheckpointError>> + Send {
-        async move { self.inner.save_json(checkpoint, json).await }
+    async fn save_json(&self, checkpoint: &Checkpoint, json: &[u8]) -> Result<(), CheckpointError> {
+        self.inner.save_json(checkpoint, json).await
     }
 }
 
