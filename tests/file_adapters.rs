@@ -821,7 +821,10 @@ async fn appending_after_a_torn_last_line_cuts_it_off() -> Result<()> {
     sink.write(vec![rec(2), rec(3)]).await?;
     sink.flush().await?;
     let (records, rejected, _) = drain(&mut NdjsonSource::<Rec>::open(file.path())?, 10).await;
-    assert_eq!(records.iter().map(|r| r.id).collect::<Vec<_>>(), vec![1, 2, 3]);
+    assert_eq!(
+        records.iter().map(|r| r.id).collect::<Vec<_>>(),
+        vec![1, 2, 3]
+    );
     assert!(rejected.is_empty(), "{rejected:?}");
 
     // A file with no newline at all holds no complete record.
