@@ -8,6 +8,7 @@
 //! | [`PgCounterSink`] | additive increments (`total = total + EXCLUDED.total`) staged at `prepare`, applied at `commit` in the transaction that records the epoch | [`Transactional`](DeliveryGuarantee::Transactional): exactly once |
 //! | [`PgTransactionalSink`] + [`PgTransactionalStore`] | rows and checkpoint written in **one** transaction by the store's `save` | [`Transactional`](DeliveryGuarantee::Transactional): exactly once, no two-phase protocol |
 //! | [`PgCheckpointStore`] | checkpoints in `batchstream_checkpoints(pipeline_id, epoch, body jsonb, updated_at)` | atomic upsert; a damaged row is [`CheckpointError::Corrupt`] |
+//! | [`PgServingView`] | Lambda batch view ([`ServingView`]): `(period, key, value jsonb)` rows, a staging table and a table of complete periods | `publish` replaces a period's rows and marks it complete in one transaction; idempotent |
 //!
 //! Records map to columns through a [`PgTable`]: a table name, its column list and a
 //! closure returning the values, as a tuple (`|o: &Order| (o.id, o.total)`) or a
@@ -2143,5 +2144,572 @@ impl CheckpointStore for PgTransactionalStore {
             buffer.clear();
             Ok(())
         }
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// Lambda serving view
+// ---------------------------------------------------------------------------------
+
+use std::collections::BTreeMap;
+use std::fmt::Display;
+
+use chrono::{DateTime, Utc};
+use futures::future::BoxFuture;
+
+use crate::lambda::{BatchLookup, ServingView};
+
+/// Rows per statement when [`PgServingView`] stages rows (`unnest` of two arrays).
+const STAGE_CHUNK: usize = 5_000;
+
+/// PostgreSQL truncates longer identifiers, which could make two names one.
+const MAX_IDENT_BYTES: usize = 63;
+
+/// `name` with `suffix` added to its last part (inside the quotes of a quoted name).
+fn with_suffix(name: &str, suffix: &str) -> String {
+    match name.strip_suffix('"') {
+        Some(head) => format!("{head}{suffix}\""),
+        None => format!("{name}{suffix}"),
+    }
+}
+
+/// [`check_ident`], and no part longer than PostgreSQL keeps.
+fn check_view_ident(what: &str, name: &str) -> Result<()> {
+    check_ident(what, name)?;
+    match name
+        .split('.')
+        .find(|part| part.trim_matches('"').len() > MAX_IDENT_BYTES)
+    {
+        Some(part) => Err(Error::Config(format!(
+            "PostgreSQL {what} `{name}`: `{part}` is longer than {MAX_IDENT_BYTES} bytes, \
+             which PostgreSQL would silently truncate"
+        ))),
+        None => Ok(()),
+    }
+}
+
+/// The batch layer's view of a [Lambda architecture](crate::lambda) in PostgreSQL: a
+/// [`ServingView`] in three tables, created if missing.
+///
+/// | table | columns | holds |
+/// |---|---|---|
+/// | [`table`](Self::table) | `period text, key text, value jsonb`, primary key `(period, key)` | the published rows, what [`lookup`](ServingView::lookup) reads |
+/// | [`staging_table`](Self::staging_table) (default `{table}_staging`) | the same | rows [staged](ServingView::stage) by a batch run, invisible to lookups |
+/// | [`complete_table`](Self::complete_table) (default `{table}_complete`) | `period text primary key, published_at timestamptz` | the complete periods, and when their rows were last replaced |
+///
+/// Keys and periods are stored as their [`Display`] text (so other readers can query
+/// the table: `WHERE period = '2024-05-01' AND key = '/home'`); values as JSON
+/// (`serde_json`). A value that does not survive the trip (an `f64` NaN becomes JSON
+/// `null`) fails [`stage`](ServingView::stage) naming its key, before anything is
+/// written.
+///
+/// - `stage` upserts rows into the staging table in one transaction (within a call,
+///   the last row of a key wins); [`clear_staged`](ServingView::clear_staged) deletes
+///   a period's staged rows.
+/// - [`publish`](ServingView::publish) runs **one** transaction: it marks the period
+///   complete and, if rows are staged, deletes the period's published rows, moves the
+///   staged rows in and sets `published_at`. Readers see the old rows or the new ones,
+///   never a mix; with nothing staged, the published rows stay as they are, so
+///   publishing twice changes nothing. Publishes of one period take turns (a row lock
+///   on its `complete` row).
+/// - `lookup` is one statement: [`Incomplete`](BatchLookup::Incomplete) while the
+///   period is not in the complete table, else
+///   [`Complete`](BatchLookup::Complete) with the row's value or `None`.
+///
+/// Errors name the server (`PostgreSQL at host:port`) and the table; a lost
+/// connection or a timeout is retryable, and the next call reconnects. Every call is
+/// safe to repeat, so [`with_retry`](Self::with_retry) lets the view retry transient
+/// failures itself (default: no retry; a failed batch run starts its period over,
+/// and a failed publish is redone by the next, skipped, run). Failures of `stage`,
+/// `clear_staged` and `publish` are sink errors (operations `stage`, `clear_staged`,
+/// `publish`), failures of reads source errors. Clones share the client.
+///
+/// ```
+/// use batchstream::connectors::postgres::{PgClient, PgServingView};
+///
+/// let client = PgClient::new("host=127.0.0.1 user=postgres dbname=test")?;
+/// let view = PgServingView::new(client.clone(), "page_views")?;
+/// assert_eq!(view.staging_table(), "page_views_staging");
+/// assert_eq!(view.complete_table(), "page_views_complete");
+/// let quoted = PgServingView::new(client.clone(), "lambda.\"Views\"")?;
+/// assert_eq!(quoted.staging_table(), "lambda.\"Views_staging\"");
+/// assert!(PgServingView::new(client, "views; drop table x").is_err());
+/// # Ok::<(), batchstream::Error>(())
+/// ```
+///
+/// With a [`Lambda`](crate::lambda::Lambda) (for the speed layer in Redis, see
+/// `RedisSpeedStore` in `connectors::redis`, feature `redis`):
+/// ```no_run
+/// use std::time::Duration;
+/// use batchstream::adapters::IterSource;
+/// use batchstream::connectors::postgres::{PgCheckpointStore, PgClient, PgServingView};
+/// use batchstream::lambda::{Lambda, Layer, MemorySpeedStore};
+/// use batchstream::transform::{self, TransformExt};
+/// use batchstream::{BatchExecutor, Pipeline};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> batchstream::Result<()> {
+/// let db = "host=127.0.0.1 user=postgres dbname=test";
+/// let view = PgServingView::new(PgClient::new(db)?, "page_views")?;
+/// let lambda: Lambda<String, String, u64> =
+///     Lambda::new(view, MemorySpeedStore::new(Duration::from_secs(2 * 86_400)));
+/// let views = vec![("/home", "2024-05-01"), ("/home", "2024-05-01"), ("/cart", "2024-05-01")];
+/// let store = PgCheckpointStore::new(PgClient::new(db)?);
+/// lambda
+///     .run_batch(BatchExecutor::new(), "2024-05-01".to_string(), |sink| {
+///         let logic = transform::identity::<(&str, &str)>()
+///             .key_by(|(page, _)| page.to_string())
+///             .fold(0u64, |n, _| *n += 1);
+///         Pipeline::new("views-batch", IterSource::new(views), logic, sink)
+///             .with_checkpoint_store(store)
+///     })
+///     .await?;
+/// let answer = lambda.query(&"/home".to_string(), &"2024-05-01".to_string()).await?;
+/// assert_eq!((answer.value, answer.source), (Some(2), Layer::Batch));
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone)]
+pub struct PgServingView {
+    client: PgClient,
+    table: String,
+    staging: String,
+    complete: String,
+    retry: Option<RetryPolicy>,
+    ensured: Arc<AtomicBool>,
+}
+
+impl PgServingView {
+    /// A view whose published rows are in `table`, staged rows in `{table}_staging`
+    /// and complete periods in `{table}_complete`.
+    ///
+    /// # Errors
+    /// [`Error::Config`] if a name is not an identifier or is longer than 63 bytes.
+    pub fn new(client: PgClient, table: &str) -> Result<Self> {
+        check_view_ident("table name", table)?;
+        let staging = with_suffix(table, "_staging");
+        let complete = with_suffix(table, "_complete");
+        check_view_ident("staging table name", &staging)?;
+        check_view_ident("complete-periods table name", &complete)?;
+        Ok(PgServingView {
+            client,
+            table: table.to_owned(),
+            staging,
+            complete,
+            retry: None,
+            ensured: Arc::new(AtomicBool::new(false)),
+        })
+    }
+
+    /// Keeps staged rows in table `name`.
+    ///
+    /// # Errors
+    /// [`Error::Config`] if `name` is not an identifier or names another of the
+    /// view's tables.
+    pub fn with_staging_table(mut self, name: &str) -> Result<Self> {
+        check_view_ident("staging table name", name)?;
+        self.staging = name.to_owned();
+        self.check_distinct()?;
+        self.ensured = Arc::new(AtomicBool::new(false));
+        Ok(self)
+    }
+
+    /// Keeps the complete periods in table `name`.
+    ///
+    /// # Errors
+    /// [`Error::Config`] if `name` is not an identifier or names another of the
+    /// view's tables.
+    pub fn with_complete_table(mut self, name: &str) -> Result<Self> {
+        check_view_ident("complete-periods table name", name)?;
+        self.complete = name.to_owned();
+        self.check_distinct()?;
+        self.ensured = Arc::new(AtomicBool::new(false));
+        Ok(self)
+    }
+
+    /// Retries a call that fails with a transient error (a lost connection) as
+    /// `policy` says; each attempt is a whole transaction.
+    pub fn with_retry(mut self, policy: RetryPolicy) -> Self {
+        self.retry = Some(policy);
+        self
+    }
+
+    /// The table of published rows.
+    pub fn table(&self) -> &str {
+        &self.table
+    }
+
+    /// The table of staged rows.
+    pub fn staging_table(&self) -> &str {
+        &self.staging
+    }
+
+    /// The table of complete periods.
+    pub fn complete_table(&self) -> &str {
+        &self.complete
+    }
+
+    /// `PostgreSQL at host:port`.
+    pub fn server(&self) -> &str {
+        self.client.server()
+    }
+
+    /// Whether `period` is complete.
+    ///
+    /// # Errors
+    /// A source error wrapping a [`PgError`].
+    pub async fn is_complete(&self, period: &impl Display) -> Result<bool> {
+        Ok(self.published_at(period).await?.is_some())
+    }
+
+    /// When the current rows of `period` were published (its first publish, if no
+    /// later one had rows staged); `None` if it is not complete.
+    ///
+    /// # Errors
+    /// A source error wrapping a [`PgError`].
+    pub async fn published_at(&self, period: &impl Display) -> Result<Option<DateTime<Utc>>> {
+        let period = period.to_string();
+        let sql = format!(
+            "SELECT published_at FROM {} WHERE period = $1",
+            self.complete
+        );
+        let context = format!(
+            "reading the completion of period `{period}` in {}",
+            self.complete
+        );
+        self.retrying(|| async {
+            let mut s = self.client.session().await?;
+            self.ensure(&mut s).await?;
+            let r = s.client().query_opt(&sql, &[&period]).await;
+            let row = r.map_err(|e| s.error(&context, e))?;
+            row.map(|row| row.try_get(0))
+                .transpose()
+                .map_err(|e| s.error(&context, e))
+        })
+        .await
+        .map_err(PgError::into_source_error)
+    }
+
+    /// The published rows of `period` by key text (empty before its first publish).
+    ///
+    /// # Errors
+    /// A source error wrapping a [`PgError`], also when a value does not decode as `V`.
+    pub async fn rows<V: DeserializeOwned>(
+        &self,
+        period: &impl Display,
+    ) -> Result<BTreeMap<String, V>> {
+        self.read_rows(&self.table, &period.to_string()).await
+    }
+
+    /// The staged (not yet published) rows of `period` by key text.
+    ///
+    /// # Errors
+    /// A source error wrapping a [`PgError`], also when a value does not decode as `V`.
+    pub async fn staged_rows<V: DeserializeOwned>(
+        &self,
+        period: &impl Display,
+    ) -> Result<BTreeMap<String, V>> {
+        self.read_rows(&self.staging, &period.to_string()).await
+    }
+
+    fn check_distinct(&self) -> Result<()> {
+        let (t, s, c) = (&self.table, &self.staging, &self.complete);
+        if t == s || t == c || s == c {
+            return Err(Error::Config(format!(
+                "PgServingView: the rows ({t}), staging ({s}) and complete-periods ({c}) \
+                 tables must be three different tables"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Runs `attempt` until it succeeds, fails permanently, or the retry policy (if
+    /// any) gives up.
+    async fn retrying<T, F, Fut>(&self, mut attempt: F) -> std::result::Result<T, PgError>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = std::result::Result<T, PgError>>,
+    {
+        let first = Instant::now();
+        let mut n = 1;
+        loop {
+            match attempt().await {
+                Ok(v) => return Ok(v),
+                Err(e) => match retry_delay(self.retry.as_ref(), &e, n, first) {
+                    Some(delay) => {
+                        tokio::time::sleep(delay).await;
+                        n += 1;
+                    }
+                    None => return Err(e),
+                },
+            }
+        }
+    }
+
+    /// Creates the three tables if missing (once per view and its clones).
+    async fn ensure(&self, s: &mut Session<'_>) -> std::result::Result<(), PgError> {
+        if self.ensured.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let rows = "(period text NOT NULL, key text NOT NULL, value jsonb NOT NULL, \
+                    PRIMARY KEY (period, key))";
+        let statements = [
+            (
+                &self.table,
+                format!("CREATE TABLE IF NOT EXISTS {} {rows}", self.table),
+            ),
+            (
+                &self.staging,
+                format!("CREATE TABLE IF NOT EXISTS {} {rows}", self.staging),
+            ),
+            (
+                &self.complete,
+                format!(
+                    "CREATE TABLE IF NOT EXISTS {} (period text PRIMARY KEY, \
+                     published_at timestamptz NOT NULL DEFAULT now())",
+                    self.complete
+                ),
+            ),
+        ];
+        for (table, sql) in statements {
+            match s.client().batch_execute(&sql).await {
+                Err(e) if !created_concurrently(&e) => {
+                    return Err(s.error(format!("creating serving-view table {table}"), e));
+                }
+                _ => {}
+            }
+        }
+        self.ensured.store(true, Ordering::Release);
+        Ok(())
+    }
+
+    async fn read_rows<V: DeserializeOwned>(
+        &self,
+        table: &str,
+        period: &str,
+    ) -> Result<BTreeMap<String, V>> {
+        let sql = format!("SELECT key, value FROM {table} WHERE period = $1");
+        let context = format!("reading the rows of period `{period}` from {table}");
+        let raw: Vec<(String, serde_json::Value)> = self
+            .retrying(|| async {
+                let mut s = self.client.session().await?;
+                self.ensure(&mut s).await?;
+                let r = s.client().query(&sql, &[&period]).await;
+                let rows = r.map_err(|e| s.error(&context, e))?;
+                rows.iter()
+                    .map(|row| Ok((row.try_get(0)?, row.try_get(1)?)))
+                    .collect::<std::result::Result<Vec<_>, tokio_postgres::Error>>()
+                    .map_err(|e| s.error(&context, e))
+            })
+            .await
+            .map_err(PgError::into_source_error)?;
+        raw.into_iter()
+            .map(|(key, value)| {
+                let v = self.decode(table, period, &key, value)?;
+                Ok((key, v))
+            })
+            .collect()
+    }
+
+    fn decode<V: DeserializeOwned>(
+        &self,
+        table: &str,
+        period: &str,
+        key: &str,
+        value: serde_json::Value,
+    ) -> Result<V> {
+        serde_json::from_value(value.clone()).map_err(|e| {
+            PgError::new(
+                self.client.server(),
+                format!("reading key `{key}` of period `{period}` from {table}"),
+                format!(
+                    "the value {value} does not decode as {}: {e}",
+                    std::any::type_name::<V>()
+                ),
+            )
+            .into_source_error()
+        })
+    }
+
+    async fn stage_rows(
+        &self,
+        period: &str,
+        keys: &[String],
+        values: &[serde_json::Value],
+    ) -> Result<()> {
+        let sql = format!(
+            "INSERT INTO {} (period, key, value)
+             SELECT $1::text, k, v FROM unnest($2::text[], $3::jsonb[]) AS r(k, v)
+             ON CONFLICT (period, key) DO UPDATE SET value = EXCLUDED.value",
+            self.staging
+        );
+        let context = format!(
+            "staging {} rows of period `{period}` into {}",
+            keys.len(),
+            self.staging
+        );
+        self.retrying(|| async {
+            let mut s = self.client.session().await?;
+            self.ensure(&mut s).await?;
+            let r = async {
+                let tx = s.client().transaction().await?;
+                let statement = tx.prepare(&sql).await?;
+                for (k, v) in keys.chunks(STAGE_CHUNK).zip(values.chunks(STAGE_CHUNK)) {
+                    tx.execute(&statement, &[&period, &k, &v]).await?;
+                }
+                tx.commit().await
+            }
+            .await;
+            r.map_err(|e| s.error(&context, e))
+        })
+        .await
+        .map_err(|e| e.into_sink_error("stage"))
+    }
+
+    async fn clear(&self, period: &str) -> Result<()> {
+        let sql = format!("DELETE FROM {} WHERE period = $1", self.staging);
+        let context = format!(
+            "clearing the staged rows of period `{period}` from {}",
+            self.staging
+        );
+        self.retrying(|| async {
+            let mut s = self.client.session().await?;
+            self.ensure(&mut s).await?;
+            let r = s.client().execute(&sql, &[&period]).await;
+            r.map(drop).map_err(|e| s.error(&context, e))
+        })
+        .await
+        .map_err(|e| e.into_sink_error("clear_staged"))
+    }
+
+    async fn publish_period(&self, period: &str) -> Result<()> {
+        let (t, st, c) = (&self.table, &self.staging, &self.complete);
+        let mark = format!(
+            "INSERT INTO {c} (period, published_at) VALUES ($1, now()) \
+             ON CONFLICT (period) DO NOTHING"
+        );
+        let lock = format!("SELECT 1 FROM {c} WHERE period = $1 FOR UPDATE");
+        let staged =
+            format!("SELECT count(*) FROM (SELECT 1 FROM {st} WHERE period = $1 FOR UPDATE) s");
+        let unpublish = format!("DELETE FROM {t} WHERE period = $1");
+        let publish = format!(
+            "WITH moved AS (DELETE FROM {st} WHERE period = $1 RETURNING key, value)
+             INSERT INTO {t} (period, key, value) SELECT $1::text, key, value FROM moved"
+        );
+        let stamp = format!("UPDATE {c} SET published_at = now() WHERE period = $1");
+        let context = format!("publishing period `{period}` from {st} into {t}");
+        self.retrying(|| async {
+            let mut s = self.client.session().await?;
+            self.ensure(&mut s).await?;
+            let r = async {
+                let tx = s.client().transaction().await?;
+                tx.execute(&mark, &[&period]).await?;
+                // Publishes of this period take turns from here on.
+                tx.execute(&lock, &[&period]).await?;
+                let n: i64 = tx.query_one(&staged, &[&period]).await?.try_get(0)?;
+                if n > 0 {
+                    tx.execute(&unpublish, &[&period]).await?;
+                    tx.execute(&publish, &[&period]).await?;
+                    tx.execute(&stamp, &[&period]).await?;
+                }
+                tx.commit().await
+            }
+            .await;
+            r.map_err(|e| s.error(&context, e))
+        })
+        .await
+        .map_err(|e| e.into_sink_error("publish"))
+    }
+
+    async fn lookup_key<V: DeserializeOwned>(
+        &self,
+        key: &str,
+        period: &str,
+    ) -> Result<BatchLookup<V>> {
+        let sql = format!(
+            "SELECT EXISTS (SELECT 1 FROM {} WHERE period = $1),
+                    (SELECT value FROM {} WHERE period = $1 AND key = $2)",
+            self.complete, self.table
+        );
+        let context = format!(
+            "looking up key `{key}` of period `{period}` in {}",
+            self.table
+        );
+        let (complete, value): (bool, Option<serde_json::Value>) = self
+            .retrying(|| async {
+                let mut s = self.client.session().await?;
+                self.ensure(&mut s).await?;
+                let r = async {
+                    let row = s.client().query_one(&sql, &[&period, &key]).await?;
+                    Ok((row.try_get(0)?, row.try_get(1)?))
+                }
+                .await;
+                r.map_err(|e| s.error(&context, e))
+            })
+            .await
+            .map_err(PgError::into_source_error)?;
+        if !complete {
+            return Ok(BatchLookup::Incomplete);
+        }
+        let value = value
+            .map(|v| self.decode(&self.table, period, key, v))
+            .transpose()?;
+        Ok(BatchLookup::Complete(value))
+    }
+}
+
+impl<K, P, V> ServingView<K, P, V> for PgServingView
+where
+    K: Display + Send + Sync,
+    P: Display + Send + Sync,
+    V: Serialize + DeserializeOwned + Send + Sync,
+{
+    fn stage<'a>(&'a self, period: &'a P, rows: Vec<(K, V)>) -> BoxFuture<'a, Result<()>> {
+        let period = period.to_string();
+        // Encoded before the future (which then holds no `K` or `V`); the last row of
+        // a key wins.
+        let mut encoded: BTreeMap<String, serde_json::Value> = BTreeMap::new();
+        for (key, value) in rows {
+            let key = key.to_string();
+            let json = serde_json::to_value(&value)
+                .and_then(|json| serde_json::from_value::<V>(json.clone()).map(|_| json));
+            match json {
+                Ok(json) => {
+                    encoded.insert(key, json);
+                }
+                Err(e) => {
+                    let e = PgError::new(
+                        self.client.server(),
+                        format!("staging period `{period}` into {}", self.staging),
+                        format!(
+                            "the value of key `{key}` does not encode as JSON that decodes back: {e}; \
+                             nothing of this call was staged"
+                        ),
+                    );
+                    return Box::pin(std::future::ready(Err(e.into_sink_error("stage"))));
+                }
+            }
+        }
+        Box::pin(async move {
+            if encoded.is_empty() {
+                return Ok(());
+            }
+            let (keys, values): (Vec<String>, Vec<serde_json::Value>) = encoded.into_iter().unzip();
+            self.stage_rows(&period, &keys, &values).await
+        })
+    }
+
+    fn clear_staged<'a>(&'a self, period: &'a P) -> BoxFuture<'a, Result<()>> {
+        let period = period.to_string();
+        Box::pin(async move { self.clear(&period).await })
+    }
+
+    fn publish<'a>(&'a self, period: &'a P) -> BoxFuture<'a, Result<()>> {
+        let period = period.to_string();
+        Box::pin(async move { self.publish_period(&period).await })
+    }
+
+    fn lookup<'a>(&'a self, key: &'a K, period: &'a P) -> BoxFuture<'a, Result<BatchLookup<V>>> {
+        let (key, period) = (key.to_string(), period.to_string());
+        Box::pin(async move { self.lookup_key(&key, &period).await })
     }
 }

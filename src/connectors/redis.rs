@@ -10,6 +10,8 @@
 //!   expiry, one `MULTI`/`EXEC` per batch): the speed layer of a Lambda architecture.
 //! - [`RedisCheckpointStore`] keeps each pipeline's checkpoint as JSON under
 //!   `batchstream:checkpoint:{id}`.
+//! - [`RedisSpeedStore`] is a Lambda speed layer ([`SpeedStore`]): expiring counters
+//!   per `(key, period)`, `INCRBY`/`INCRBYFLOAT` + `PEXPIRE .. NX` (Redis 7.0+).
 //!
 //! # Connection loss
 //! Every component names its server in its errors (`Redis at 127.0.0.1:6379: ...`).
@@ -1290,7 +1292,7 @@ impl<T: Send + 'static> Sink for RedisCounterSink<T> {
 /// A lost connection is retried once right away on a new connection; if that fails
 /// too, a transient failure is reported as [`CheckpointError::Io`] with kind
 /// `Interrupted` (or `TimedOut`), which the executors retry under a
-/// [`RetryPolicy`](crate::retry::RetryPolicy); other failures as
+/// [`RetryPolicy`]; other failures as
 /// [`CheckpointError::Other`].
 ///
 /// ```no_run
@@ -1428,6 +1430,325 @@ impl CheckpointStore for RedisCheckpointStore {
             cmd.arg(&key).arg(encoded);
             store.query::<()>(&format!("SET {key}"), &key, &cmd).await
         }
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// Lambda speed store
+// ---------------------------------------------------------------------------------
+
+use std::fmt::Display;
+
+use futures::future::BoxFuture;
+
+use crate::lambda::SpeedStore;
+use crate::window::Number;
+
+mod counter_value {
+    /// How a counter value travels to Redis and back.
+    pub trait Sealed: Sized {
+        /// The type's name, for messages.
+        const NAME: &'static str;
+        /// The increment command (`INCRBY` or `INCRBYFLOAT`) and its argument, or why
+        /// `self` cannot be sent.
+        fn increment(self) -> Result<(&'static str, String), String>;
+        /// The value of a counter's text, if it is a `Self`.
+        fn parse(text: &str) -> Option<Self>;
+    }
+
+    impl Sealed for i64 {
+        const NAME: &'static str = "i64";
+        fn increment(self) -> Result<(&'static str, String), String> {
+            Ok(("INCRBY", self.to_string()))
+        }
+        fn parse(text: &str) -> Option<Self> {
+            text.parse().ok()
+        }
+    }
+
+    impl Sealed for u64 {
+        const NAME: &'static str = "u64";
+        fn increment(self) -> Result<(&'static str, String), String> {
+            match i64::try_from(self) {
+                Ok(n) => Ok(("INCRBY", n.to_string())),
+                Err(_) => Err(format!(
+                    "increment {self} exceeds the range of a Redis integer (at most {})",
+                    i64::MAX
+                )),
+            }
+        }
+        fn parse(text: &str) -> Option<Self> {
+            text.parse().ok()
+        }
+    }
+
+    impl Sealed for f64 {
+        const NAME: &'static str = "f64";
+        fn increment(self) -> Result<(&'static str, String), String> {
+            if self.is_finite() {
+                Ok(("INCRBYFLOAT", format!("{self:?}")))
+            } else {
+                Err(format!("increment {self} is not a finite number"))
+            }
+        }
+        fn parse(text: &str) -> Option<Self> {
+            text.parse().ok().filter(|v: &f64| v.is_finite())
+        }
+    }
+}
+
+/// A value a [`RedisSpeedStore`] counter can hold: `i64` and `u64` (exact integer
+/// counters, `INCRBY`) or `f64` (`INCRBYFLOAT`). Sealed.
+pub trait RedisCounterValue: Number + counter_value::Sealed + Send + Sync + 'static {}
+
+impl RedisCounterValue for i64 {}
+impl RedisCounterValue for u64 {}
+impl RedisCounterValue for f64 {}
+
+/// The speed layer of a [Lambda architecture](crate::lambda) in Redis: a
+/// [`SpeedStore`] whose counters are Redis keys that expire.
+///
+/// - Each `(key, period)` counter is the Redis key [`key(key, period)`](Self::key):
+///   `{prefix}{key}:{period}` (prefix [`DEFAULT_PREFIX`](Self::DEFAULT_PREFIX)), where
+///   `\` and `:` inside the key are escaped as `\\` and `\:`, so that two different
+///   pairs never share a counter. Both parts are written with [`Display`].
+/// - [`add`](SpeedStore::add) sums the deltas of each counter in Rust, then sends one
+///   `MULTI`/`EXEC` transaction: per counter `INCRBY` (for `i64`/`u64`, exact) or
+///   `INCRBYFLOAT` (for `f64`), then `PEXPIRE key ttl NX`. As with
+///   [`MemorySpeedStore`](crate::lambda::MemorySpeedStore), a counter expires
+///   [`ttl`](Self::ttl) after it was **created**: later increments do not extend its
+///   life (`NX` sets the expiry only on a key without one). `PEXPIRE .. NX` needs
+///   **Redis 7.0** or later; an older server fails every `add` with a permanent
+///   error.
+/// - [`get`](SpeedStore::get) is a `GET`: `None` for a missing or expired key. A key
+///   that holds something other than a counter of the value type is a permanent
+///   error naming it.
+///
+/// Deltas that cannot be sent (a non-finite `f64`, a `u64` sum above `i64::MAX`) fail
+/// the whole `add` before anything is written. Redis transactions do not roll back:
+/// if one counter key holds a value of another type (a string, a float counter added
+/// to as an integer), the call fails with a permanent error but the other counters
+/// of the call are incremented.
+///
+/// **At least once**, like every speed layer: an `add` retried after the connection
+/// dropped while its `EXEC` was in flight, or a batch replayed after a crash, counts
+/// again; the batch layer corrects it. Errors name the server (`Redis at host:port`);
+/// a lost or refused connection or a timeout is retryable and the next call
+/// reconnects. `add` retries transient failures itself (its
+/// [`retry`](Self::retry) policy), since executors do not retry sink writes; `get`
+/// retries them likewise. Failures of `add` are sink errors (operation `write`: the
+/// [speed sink](crate::lambda::Lambda::speed_sink) calls it from `write`), failures
+/// of `get` source errors.
+///
+/// Clones share the connection.
+///
+/// ```
+/// use std::time::Duration;
+/// use batchstream::connectors::redis::RedisSpeedStore;
+///
+/// // Connects on first use.
+/// let store = RedisSpeedStore::new("redis://127.0.0.1:6379", Duration::from_secs(2 * 86_400))?
+///     .with_prefix("views:speed:");
+/// assert_eq!(store.key(&"/home", &"2024-05-01"), "views:speed:/home:2024-05-01");
+/// assert_eq!(store.key(&"a:b", &"c"), r"views:speed:a\:b:c");
+/// assert!(RedisSpeedStore::new("redis://127.0.0.1:6379", Duration::ZERO).is_err());
+/// # Ok::<(), batchstream::Error>(())
+/// ```
+///
+/// With a [`Lambda`](crate::lambda::Lambda) (for the batch view in PostgreSQL, see
+/// `PgServingView` in `connectors::postgres`, feature `postgres`):
+/// ```no_run
+/// use std::time::Duration;
+/// use batchstream::connectors::redis::RedisSpeedStore;
+/// use batchstream::lambda::{Lambda, Layer, MemoryServingView};
+/// use batchstream::Sink;
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> batchstream::Result<()> {
+/// let speed = RedisSpeedStore::new("redis://127.0.0.1:6379", Duration::from_secs(2 * 86_400))?;
+/// let lambda: Lambda<String, String, u64> = Lambda::new(MemoryServingView::new(), speed);
+/// let mut sink = lambda.speed_sink();
+/// sink.write(vec![("/home".into(), "2024-05-01".into(), 1)]).await?;
+/// let answer = lambda.query(&"/home".into(), &"2024-05-01".into()).await?;
+/// assert_eq!(answer.source, Layer::Speed);
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct RedisSpeedStore {
+    conn: Conn,
+    prefix: String,
+    ttl: Duration,
+    retry: RetryPolicy,
+}
+
+impl fmt::Debug for RedisSpeedStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisSpeedStore")
+            .field("server", &self.conn)
+            .field("prefix", &self.prefix)
+            .field("ttl", &self.ttl)
+            .field("retry", &self.retry)
+            .finish()
+    }
+}
+
+impl RedisSpeedStore {
+    /// The key prefix: `batchstream:speed:`.
+    pub const DEFAULT_PREFIX: &'static str = "batchstream:speed:";
+
+    /// A store on the Redis server at `url` whose counters expire `ttl` after their
+    /// first increment (millisecond precision; less than a millisecond counts as one).
+    /// Connects on first use.
+    ///
+    /// # Errors
+    /// [`Error::Config`] if `url` is not a Redis URL or `ttl` is zero.
+    pub fn new(url: &str, ttl: Duration) -> crate::Result<Self> {
+        if ttl.is_zero() {
+            return Err(Error::Config(
+                "RedisSpeedStore: a zero TTL would expire every counter as it is created".into(),
+            ));
+        }
+        Ok(RedisSpeedStore {
+            conn: Conn::open(url, Duration::from_secs(5))?,
+            prefix: Self::DEFAULT_PREFIX.to_owned(),
+            ttl,
+            retry: RetryPolicy::new(),
+        })
+    }
+
+    /// Uses `prefix` instead of `batchstream:speed:` before each counter key.
+    pub fn with_prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.prefix = prefix.into();
+        self
+    }
+
+    /// How to retry a call that failed on a transient error (default:
+    /// [`RetryPolicy::new`], 3 attempts).
+    pub fn retry(mut self, policy: RetryPolicy) -> Self {
+        self.retry = policy;
+        self
+    }
+
+    /// How long a counter lives after its first increment.
+    pub fn ttl(&self) -> Duration {
+        self.ttl
+    }
+
+    /// The server, as `Redis at host:port`.
+    pub fn server(&self) -> &str {
+        self.conn.server()
+    }
+
+    /// The Redis key of the counter of `(key, period)`: `{prefix}{key}:{period}`, with
+    /// `\` and `:` in `key` escaped.
+    pub fn key(&self, key: &impl Display, period: &impl Display) -> String {
+        let key = key.to_string();
+        let mut out = String::with_capacity(self.prefix.len() + key.len() + 16);
+        out.push_str(&self.prefix);
+        for c in key.chars() {
+            if matches!(c, '\\' | ':') {
+                out.push('\\');
+            }
+            out.push(c);
+        }
+        out.push(':');
+        out.push_str(&period.to_string());
+        out
+    }
+
+    fn ttl_millis(&self) -> u64 {
+        u64::try_from(self.ttl.as_millis())
+            .unwrap_or(u64::MAX)
+            .max(1)
+    }
+
+    /// Runs `cmd`, retrying transient failures as the policy allows.
+    async fn query_retrying<T: FromRedisValue>(
+        &self,
+        operation: &str,
+        cmd: &redis::Cmd,
+    ) -> Result<T, RedisCommandError> {
+        let first = Instant::now();
+        let mut attempt = 1;
+        loop {
+            match self.conn.query::<T>(operation, cmd).await {
+                Err(e) if e.transient && self.retry.allows(attempt, first.elapsed()) => {
+                    tracing::warn!(attempt, error = %e, "retrying Redis read");
+                    tokio::time::sleep(self.retry.delay(attempt)).await;
+                    attempt += 1;
+                }
+                other => return other,
+            }
+        }
+    }
+}
+
+impl<K, P, V> SpeedStore<K, P, V> for RedisSpeedStore
+where
+    K: Display + Send + Sync,
+    P: Display + Send + Sync,
+    V: RedisCounterValue,
+{
+    fn add<'a>(&'a self, deltas: Vec<(K, P, V)>) -> BoxFuture<'a, crate::Result<()>> {
+        // Keys and sums are computed before the future, so it holds no `K` or `P`.
+        let mut sums: BTreeMap<String, V> = BTreeMap::new();
+        for (key, period, delta) in deltas {
+            let sum = sums.entry(self.key(&key, &period)).or_insert(V::ZERO);
+            *sum = sum.plus(delta);
+        }
+        Box::pin(async move {
+            if sums.is_empty() {
+                return Ok(());
+            }
+            let ttl = self.ttl_millis();
+            let mut pipe = redis::pipe();
+            pipe.atomic();
+            for (key, sum) in &sums {
+                let (command, increment) = sum.increment().map_err(|why| {
+                    Error::sink(
+                        "write",
+                        format!(
+                            "{}: speed counter `{key}`: {why}; nothing of this call was written",
+                            self.conn.server()
+                        ),
+                    )
+                })?;
+                pipe.cmd(command).arg(key).arg(increment).ignore();
+                pipe.cmd("PEXPIRE").arg(key).arg(ttl).arg("NX").ignore();
+            }
+            let op = format!(
+                "MULTI/EXEC of increments and PEXPIRE NX on {} speed counters (first `{}`)",
+                sums.len(),
+                sums.keys().next().map_or("", String::as_str)
+            );
+            self.conn
+                .exec_pipe_retrying(&op, &pipe, &self.retry)
+                .await
+                .map_err(|e| e.into_sink_error("write"))
+        })
+    }
+
+    fn get<'a>(&'a self, key: &'a K, period: &'a P) -> BoxFuture<'a, crate::Result<Option<V>>> {
+        let key = self.key(key, period);
+        Box::pin(async move {
+            let mut cmd = redis::cmd("GET");
+            cmd.arg(&key);
+            let text: Option<String> = self
+                .query_retrying(&format!("GET {key}"), &cmd)
+                .await
+                .map_err(RedisCommandError::into_source_error)?;
+            match text {
+                None => Ok(None),
+                Some(text) => match <V as counter_value::Sealed>::parse(&text) {
+                    Some(v) => Ok(Some(v)),
+                    None => Err(Error::source(format!(
+                        "{}: speed counter `{key}` holds `{text}`, which is not a {} counter",
+                        self.conn.server(),
+                        <V as counter_value::Sealed>::NAME
+                    ))),
+                },
+            }
+        })
     }
 }
 
