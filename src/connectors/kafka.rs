@@ -214,12 +214,7 @@ fn code_of(e: &KafkaError) -> Option<RDKafkaErrorCode> {
 /// A source error for `e`, retryable when it is about reaching the cluster.
 fn source_error(brokers: &str, context: &str, e: KafkaError) -> Error {
     let transient = code_of(&e).is_some_and(is_transient);
-    let err = server_error(brokers, context, Some(e));
-    if transient {
-        Error::source_retryable(err)
-    } else {
-        Error::source(err)
-    }
+    Error::source_with(transient, server_error(brokers, context, Some(e)))
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -1220,12 +1215,11 @@ impl<T: Send + 'static> KafkaSink<T> {
             Some(p) if p >= 0 => format!("delivery to {}/{p} failed", self.topic),
             _ => format!("delivery to topic `{}` failed", self.topic),
         };
-        let err = server_error(&self.brokers, what, Some(e));
-        if transient {
-            Error::sink_retryable("flush", err)
-        } else {
-            Error::sink("flush", err)
-        }
+        Error::sink_with(
+            "flush",
+            transient,
+            server_error(&self.brokers, what, Some(e)),
+        )
     }
 
     fn check(

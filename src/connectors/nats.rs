@@ -297,12 +297,10 @@ impl<T> NatsSource<T> {
                 // A failed request (no reply in time) may succeed later; a missing
                 // stream or a bad name will not.
                 let transient = matches!(e.kind(), GetStreamErrorKind::Request);
-                let err = self.err(format!("get stream `{}`", self.stream), e);
-                if transient {
-                    Error::source_retryable(err)
-                } else {
-                    Error::source(err)
-                }
+                Error::source_with(
+                    transient,
+                    self.err(format!("get stream `{}`", self.stream), e),
+                )
             })?;
             let config = jetstream::consumer::pull::Config {
                 durable_name: Some(self.durable.clone()),
@@ -321,18 +319,16 @@ impl<T> NatsSource<T> {
                         e.kind(),
                         ConsumerErrorKind::TimedOut | ConsumerErrorKind::Request
                     );
-                    let make = if transient {
-                        Error::source_retryable
-                    } else {
-                        Error::source
-                    };
-                    make(self.err(
-                        format!(
-                            "create consumer `{}` on stream `{}`",
-                            self.durable, self.stream
+                    Error::source_with(
+                        transient,
+                        self.err(
+                            format!(
+                                "create consumer `{}` on stream `{}`",
+                                self.durable, self.stream
+                            ),
+                            e,
                         ),
-                        e,
-                    ))
+                    )
                 })?;
             self.client = Some(client);
             self.consumer = Some(consumer);

@@ -170,19 +170,11 @@ impl PgError {
     }
 
     fn into_source_error(self) -> Error {
-        if self.transient {
-            Error::source_retryable(self)
-        } else {
-            Error::source(self)
-        }
+        Error::source_with(self.transient, self)
     }
 
     fn into_sink_error(self, operation: &'static str) -> Error {
-        if self.transient {
-            Error::sink_retryable(operation, self)
-        } else {
-            Error::sink(operation, self)
-        }
+        Error::sink_with(operation, self.transient, self)
     }
 
     /// A transient failure is [`CheckpointError::Io`] of kind `Interrupted` (which
