@@ -247,6 +247,12 @@ fn time_to_nanos(t: DateTime<Utc>) -> i128 {
 
 /// The time `n` nanoseconds after the epoch, clamped to the range of `DateTime<Utc>`.
 fn nanos_to_time(n: i128) -> DateTime<Utc> {
+    // The common case (years 1677..2262) without 128-bit division.
+    if let Ok(n) = i64::try_from(n) {
+        let secs = n.div_euclid(1_000_000_000);
+        let sub = n.rem_euclid(1_000_000_000) as u32;
+        return DateTime::from_timestamp(secs, sub).unwrap_or(DateTime::<Utc>::MAX_UTC);
+    }
     let n = n.clamp(MIN_NANOS, MAX_NANOS);
     let secs = n.div_euclid(1_000_000_000) as i64;
     let sub = n.rem_euclid(1_000_000_000) as u32;
@@ -307,11 +313,20 @@ pub struct UnixMillis(pub i64);
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct UnixMicros(pub i64);
 
+/// The range of `DateTime<Utc>` in whole milliseconds and microseconds (`MIN_NANOS` is
+/// a whole number of both; the maxima are rounded down): a range check on the `i64`
+/// is cheaper than one on the `i128` product.
+const MIN_MILLIS: i64 = (MIN_NANOS / 1_000_000) as i64;
+const MAX_MILLIS: i64 = (MAX_NANOS / 1_000_000) as i64;
+const MIN_MICROS: i64 = (MIN_NANOS / 1_000) as i64;
+const MAX_MICROS: i64 = (MAX_NANOS / 1_000) as i64;
+
 impl EventTimestamp for UnixMillis {
     #[inline]
     fn unix_nanos(self) -> Option<i128> {
-        let n = i128::from(self.0) * 1_000_000;
-        (MIN_NANOS..=MAX_NANOS).contains(&n).then_some(n)
+        (MIN_MILLIS..=MAX_MILLIS)
+            .contains(&self.0)
+            .then(|| i128::from(self.0) * 1_000_000)
     }
     #[inline]
     fn unix_micros(self) -> i64 {
@@ -322,8 +337,9 @@ impl EventTimestamp for UnixMillis {
 impl EventTimestamp for UnixMicros {
     #[inline]
     fn unix_nanos(self) -> Option<i128> {
-        let n = i128::from(self.0) * 1_000;
-        (MIN_NANOS..=MAX_NANOS).contains(&n).then_some(n)
+        (MIN_MICROS..=MAX_MICROS)
+            .contains(&self.0)
+            .then(|| i128::from(self.0) * 1_000)
     }
     #[inline]
     fn unix_micros(self) -> i64 {
@@ -331,8 +347,13 @@ impl EventTimestamp for UnixMicros {
     }
 }
 
-/// Reads a record's event time in nanoseconds since the epoch, or the error text.
-type TimestampFn<T> = Box<dyn FnMut(&T) -> std::result::Result<i128, String> + Send>;
+/// Reads a record's event time in nanoseconds since the epoch, or [`BAD_TIME`] after
+/// writing the error text to the `String` (an `i128` comes back in registers, where a
+/// `Result<i128, String>` would go through memory: this runs once per record).
+type TimestampFn<T> = Box<dyn FnMut(&T, &mut String) -> i128 + Send>;
+/// What a [`TimestampFn`] returns for a timestamp it could not read: above every valid
+/// time (which lie in `MIN_NANOS..=MAX_NANOS`).
+const BAD_TIME: i128 = i128::MAX;
 type PartitionFn<T> = Box<dyn FnMut(&T) -> u64 + Send>;
 
 /// A pipeline's event-time settings: timestamps, watermark strategy, partitions,
@@ -371,7 +392,13 @@ impl<T> EventTime<T> {
     /// # let _ = et;
     /// ```
     pub fn new<R: EventTimestamp>(mut timestamp: impl FnMut(&T) -> R + Send + 'static) -> Self {
-        Self::try_new(move |t| Ok::<_, std::convert::Infallible>(timestamp(t)))
+        Self::with_timestamp(Box::new(move |t: &T, err: &mut String| {
+            let r = timestamp(t);
+            match r.unix_nanos() {
+                Some(n) => n,
+                None => out_of_range_into(r, err),
+            }
+        }))
     }
 
     /// Event time read by a fallible `timestamp`. A record for which it fails becomes a
@@ -380,11 +407,23 @@ impl<T> EventTime<T> {
     pub fn try_new<R: EventTimestamp, E: fmt::Display>(
         mut timestamp: impl FnMut(&T) -> std::result::Result<R, E> + Send + 'static,
     ) -> Self {
+        Self::with_timestamp(Box::new(move |t: &T, err: &mut String| {
+            match timestamp(t) {
+                Ok(r) => match r.unix_nanos() {
+                    Some(n) => n,
+                    None => out_of_range_into(r, err),
+                },
+                Err(e) => {
+                    *err = e.to_string();
+                    BAD_TIME
+                }
+            }
+        }))
+    }
+
+    fn with_timestamp(timestamp: TimestampFn<T>) -> Self {
         EventTime {
-            timestamp: Box::new(move |t| match timestamp(t) {
-                Ok(r) => r.unix_nanos().ok_or_else(|| out_of_range(r)),
-                Err(e) => Err(e.to_string()),
-            }),
+            timestamp,
             strategy: WatermarkStrategy::Monotonic,
             partition: None,
             idle_timeout: None,
@@ -440,13 +479,16 @@ impl<T> EventTime<T> {
     }
 }
 
-/// The error text for a timestamp `DateTime<Utc>` cannot hold.
+/// Writes the error text for a timestamp `DateTime<Utc>` cannot hold to `err`;
+/// returns [`BAD_TIME`].
 #[cold]
-fn out_of_range<R: EventTimestamp>(r: R) -> String {
-    format!(
+#[inline(never)]
+fn out_of_range_into<R: EventTimestamp>(r: R, err: &mut String) -> i128 {
+    *err = format!(
         "event time {} µs since the Unix epoch is outside the range of DateTime<Utc>",
         r.unix_micros()
-    )
+    );
+    BAD_TIME
 }
 
 struct Partition {
@@ -474,6 +516,11 @@ pub(crate) struct WatermarkTracker<T> {
     /// One partition, the built-in generator, no idleness: a record at or below the
     /// largest time seen changes nothing, and nothing else needs updating.
     simple: bool,
+    /// When `simple`: the largest time seen (`i128::MIN` before the first, or when not
+    /// `simple`). A record at or below it changes nothing.
+    fast_max: i128,
+    /// Where the timestamp function writes its error text.
+    error: String,
 }
 
 impl<T> WatermarkTracker<T> {
@@ -489,6 +536,8 @@ impl<T> WatermarkTracker<T> {
             current: None,
             batch_now: tokio::time::Instant::now(),
             regressions: 0,
+            fast_max: i128::MIN,
+            error: String::new(),
         };
         tracker.add_expected();
         tracker
@@ -532,22 +581,25 @@ impl<T> WatermarkTracker<T> {
         &mut self,
         item: &T,
     ) -> std::result::Result<Option<DateTime<Utc>>, String> {
-        let ts = (self.settings.timestamp)(item)?;
-        if self.simple {
-            if let Some(Partition {
-                generator:
-                    Generator::Bounded {
-                        max_seen: Some(max),
-                        ..
-                    },
-                ..
-            }) = self.partitions.first()
-            {
-                if ts <= *max {
-                    return Ok(None);
-                }
-            }
+        let ts = (self.settings.timestamp)(item, &mut self.error);
+        // BAD_TIME is above every `fast_max`.
+        if ts <= self.fast_max {
+            return Ok(None);
         }
+        if ts == BAD_TIME {
+            return Err(std::mem::take(&mut self.error));
+        }
+        self.observe_slow(item, ts)
+    }
+
+    /// [`observe`](Self::observe) past the fast check and the timestamp error: a new
+    /// largest time, a partitioned or custom watermark.
+    #[inline(never)]
+    fn observe_slow(
+        &mut self,
+        item: &T,
+        ts: i128,
+    ) -> std::result::Result<Option<DateTime<Utc>>, String> {
         let id = match &mut self.settings.partition {
             Some(f) => f(item),
             None => 0,
@@ -561,10 +613,28 @@ impl<T> WatermarkTracker<T> {
         p.last_active = self.batch_now;
         let was_idle = std::mem::replace(&mut p.idle, false);
         if !changed && !was_idle {
-            // The common case: an event that does not move its partition's watermark.
+            // An event that does not move its partition's watermark.
             return Ok(None);
         }
+        self.sync_fast();
         Ok(self.recompute())
+    }
+
+    /// Sets `fast_max` from the single partition's largest time when `simple`.
+    fn sync_fast(&mut self) {
+        self.fast_max = i128::MIN;
+        if self.simple
+            && let Some(Partition {
+                generator:
+                    Generator::Bounded {
+                        max_seen: Some(max),
+                        ..
+                    },
+                ..
+            }) = self.partitions.first()
+        {
+            self.fast_max = *max;
+        }
     }
 
     /// Starts a batch: partitions silent for longer than the idle timeout become idle
@@ -631,12 +701,14 @@ impl<T> WatermarkTracker<T> {
         let state: TrackerState =
             serde_json::from_value(state).map_err(|e| Error::restore_failed("watermark", e))?;
         self.current = state.current.map(time_to_nanos);
+        self.fast_max = i128::MIN;
         self.partitions.clear();
         for (id, gen_state) in state.partitions {
             let i = self.partition_index(id);
             self.partitions[i].generator.restore(gen_state)?;
         }
         self.add_expected();
+        self.sync_fast();
         Ok(())
     }
 }
@@ -659,6 +731,42 @@ mod tests {
         assert_eq!(nanos_to_time(time_to_nanos(t)), t);
         assert_eq!(UnixMicros(-1).unix_nanos(), Some(-1_000));
         assert_eq!(UnixMillis(MIN_NANOS as i64).unix_nanos(), None);
+    }
+
+    #[test]
+    fn integer_timestamps_are_in_range_exactly_when_a_datetime_holds_them() {
+        for ms in [MIN_MILLIS - 1, MIN_MILLIS, 0, MAX_MILLIS, MAX_MILLIS + 1] {
+            let n = i128::from(ms) * 1_000_000;
+            let fits = (MIN_NANOS..=MAX_NANOS).contains(&n);
+            assert_eq!(UnixMillis(ms).unix_nanos(), fits.then_some(n), "{ms} ms");
+            assert_eq!(
+                fits,
+                DateTime::from_timestamp_millis(ms).is_some(),
+                "{ms} ms"
+            );
+        }
+        for us in [MIN_MICROS - 1, MIN_MICROS, -1, MAX_MICROS, MAX_MICROS + 1] {
+            let n = i128::from(us) * 1_000;
+            let fits = (MIN_NANOS..=MAX_NANOS).contains(&n);
+            assert_eq!(UnixMicros(us).unix_nanos(), fits.then_some(n), "{us} µs");
+        }
+    }
+
+    #[test]
+    fn nanos_to_time_agrees_across_the_i64_boundary() {
+        for n in [
+            i128::from(i64::MIN) - 1,
+            i128::from(i64::MIN),
+            -1_000_000_001,
+            -1,
+            0,
+            1_999_999_999,
+            i128::from(i64::MAX),
+            i128::from(i64::MAX) + 1,
+        ] {
+            let t = nanos_to_time(n);
+            assert_eq!(time_to_nanos(t), n, "{n}");
+        }
     }
 
     #[test]

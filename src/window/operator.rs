@@ -4,8 +4,8 @@
 //! `DateTime<Utc>` fits). The watermark is `i64::MIN` before the first one and
 //! `i64::MAX` at the end of input.
 
+use std::collections::BTreeMap;
 use std::collections::hash_map::Entry;
-use std::collections::{BTreeMap, VecDeque};
 
 // Window state is on the hot path: a fast, seeded hasher instead of SipHash.
 use foldhash::{HashMap, HashMapExt};
@@ -194,11 +194,19 @@ struct Pane<K, A> {
 }
 
 /// Tumbling (`slide == size`) and sliding windows: one pane per open window, ordered
-/// by start (so also by end): closing looks at the front only.
+/// by start (so also by end): closing looks at the front only. A `Vec`, not a
+/// `VecDeque`: the newest pane (where in-order records go) is one pointer away, and
+/// the few open panes make removing the front cheap.
 struct Fixed<K, A> {
     size: i64,
     slide: i64,
-    panes: VecDeque<Pane<K, A>>,
+    panes: Vec<Pane<K, A>>,
+    /// Tumbling windows: `[fast_lo, fast_hi)` is the newest pane's window while that
+    /// window is open (empty otherwise): a record in it goes straight to the last pane,
+    /// with no window arithmetic and no lateness check. Kept by [`Fixed::refresh`]
+    /// wherever the panes or the watermark change.
+    fast_lo: i64,
+    fast_hi: i64,
     spare: Vec<HashMap<K, Slot<A>>>,
     /// The slide-aligned start of the last record's period, `[hint, hint_end)` in
     /// microseconds: a record in it needs no division.
@@ -328,8 +336,10 @@ impl<K, A> State<K, A> {
             Kind::Fixed { size, slide } => State::Fixed(Fixed {
                 size,
                 slide,
-                panes: VecDeque::new(),
+                panes: Vec::new(),
                 spare: Vec::new(),
+                fast_lo: 0,
+                fast_hi: i64::MIN,
                 hint: 0,
                 hint_end: i64::MIN,
             }),
@@ -393,11 +403,11 @@ fn session_open(end: i64, lateness: i64, watermark: i64) -> bool {
 /// The window starting at `start`, created if absent.
 #[inline(always)]
 fn pane<'a, K, A>(
-    panes: &'a mut VecDeque<Pane<K, A>>,
+    panes: &'a mut Vec<Pane<K, A>>,
     spare: &mut Vec<HashMap<K, Slot<A>>>,
     start: i64,
 ) -> &'a mut Pane<K, A> {
-    if panes.back().is_some_and(|p| p.start == start) {
+    if panes.last().is_some_and(|p| p.start == start) {
         let last = panes.len() - 1;
         return &mut panes[last];
     }
@@ -420,7 +430,52 @@ fn pane<'a, K, A>(
     &mut panes[i]
 }
 
+impl<K, A> Fixed<K, A> {
+    /// Sets the fast range to the newest pane's window if it is a tumbling window
+    /// open at `watermark`, else empties it.
+    #[inline]
+    fn refresh(&mut self, lateness: i64, watermark: i64) {
+        (self.fast_lo, self.fast_hi) = match self.panes.last() {
+            Some(p)
+                if self.slide == self.size
+                    && window_open(p.start + self.size, lateness, watermark) =>
+            {
+                (p.start, p.start.saturating_add(self.size))
+            }
+            _ => (0, i64::MIN),
+        };
+    }
+}
+
 impl<K: Hash + Eq + Clone, A> Fixed<K, A> {
+    /// Adds a record to the newest pane, whose window holds it (the fast range).
+    #[inline(always)]
+    fn add_last<V, Ag: Aggregator<V, Acc = A>>(&mut self, agg: &Ag, track: bool, key: K, value: V) {
+        let Some(pane) = self.panes.last_mut() else {
+            // Not reached (a fast range names an existing pane), but never drop a record.
+            return self.add(agg, track, self.fast_lo, key, Part::Record(value));
+        };
+        match pane.slots.get_mut(&key) {
+            Some(slot) => {
+                if track && !slot.dirty {
+                    slot.dirty = true;
+                    pane.dirty.push(key);
+                }
+                agg.add(&mut slot.acc, value);
+            }
+            None => {
+                if track {
+                    pane.dirty.push(key.clone());
+                }
+                let slot = Slot {
+                    acc: Part::Record(value).into_acc(agg),
+                    dirty: track,
+                };
+                pane.slots.insert(key, slot);
+            }
+        }
+    }
+
     /// The start of the newest window containing `t_us` (a multiple of `slide`).
     #[inline(always)]
     fn last_start(&mut self, t_us: i64) -> i64 {
@@ -658,18 +713,20 @@ where
     #[inline(always)]
     fn process<E: Emit<Self::Out>>(&mut self, (key, value): (K, V), out: &mut E) {
         let t = (self.timestamp)(&value);
-        let t_us = t.unix_micros().clamp(MIN_US, MAX_US);
-        // The hot path, small enough to inline into the caller's loop: a tumbling
-        // window that is still open. Everything else is out of line.
-        if let State::Fixed(st) = &mut self.state {
-            let last = st.last_start(t_us);
-            if st.slide == st.size && window_open(last + st.size, self.lateness, self.watermark) {
-                let track = self.mode == OutputMode::Update;
-                st.add(&self.agg, track, last, key, Part::Record(value));
-                return;
-            }
+        let t_us = t.unix_micros();
+        // The hot path, small enough to inline into the caller's loop: a record of the
+        // newest tumbling window, which is still open. Everything else is out of line.
+        // (The fast range lies inside [MIN_US, MAX_US], so an unclamped time outside it
+        // takes the slow path, which clamps.)
+        if let State::Fixed(st) = &mut self.state
+            && st.fast_lo <= t_us
+            && t_us < st.fast_hi
+        {
+            let track = self.mode == OutputMode::Update;
+            st.add_last(&self.agg, track, key, value);
+            return;
         }
-        self.process_slow(key, value, t, t_us, out);
+        self.process_slow(key, value, t, t_us.clamp(MIN_US, MAX_US), out);
     }
 
     fn on_watermark<E: Emit<Self::Out>>(&mut self, watermark: DateTime<Utc>, out: &mut E) {
@@ -686,14 +743,13 @@ where
         let (agg, mode, table) = (&self.agg, self.mode, &mut self.table);
         match &mut self.state {
             State::Fixed(st) => {
-                while st
+                let size = st.size;
+                let closed = st
                     .panes
-                    .front()
-                    .is_some_and(|p| !window_open(p.start + st.size, lateness, wm))
-                {
-                    let Some(mut pane) = st.panes.pop_front() else {
-                        break;
-                    };
+                    .iter()
+                    .take_while(|p| !window_open(p.start + size, lateness, wm))
+                    .count();
+                for mut pane in st.panes.drain(..closed) {
                     let window = to_window(pane.start, pane.start + st.size);
                     for (key, slot) in pane.slots.drain() {
                         let row = WindowResult {
@@ -709,8 +765,9 @@ where
                 }
                 if wm == END {
                     st.spare = Vec::new();
-                    st.panes = VecDeque::new();
+                    st.panes = Vec::new();
                 }
+                st.refresh(lateness, wm);
             }
             State::Session(st) => {
                 while let Some(entry) = st.book.due.first_entry() {
@@ -902,12 +959,13 @@ where
                         };
                         slots.insert(key, slot);
                     }
-                    st.panes.push_back(Pane {
+                    st.panes.push(Pane {
                         start,
                         slots,
                         dirty,
                     });
                 }
+                st.refresh(self.lateness, self.watermark);
             }
             State::Session(st) => {
                 for (key, mut sessions) in snap.sessions {
@@ -956,7 +1014,7 @@ where
             State::Fixed(st) => {
                 let last = st.last_start(t_us);
                 let size = st.size;
-                if !window_open(last + size, lateness, wm) {
+                let rejected = if !window_open(last + size, lateness, wm) {
                     Some(value)
                 } else if st.slide == size {
                     st.add(agg, track, last, key, Part::Record(value));
@@ -981,7 +1039,9 @@ where
                         st.add::<V, Ag>(agg, track, start, key, Part::Partial(one));
                     }
                     None
-                }
+                };
+                st.refresh(lateness, wm);
+                rejected
             }
             State::Session(st) => {
                 let on_time = wm != END && t_us.saturating_add(lateness) >= wm;

@@ -585,3 +585,106 @@ fn integer_timestamps_behave_exactly_like_datetimes() {
         assert_eq!(got, expected, "{w}: UnixMicros");
     }
 }
+
+/// Tumbling windows against a direct model of the rules, over pseudo-random
+/// out-of-order input with allowed lateness and a snapshot/restore into a fresh
+/// operator halfway: a record is late exactly when its window's end plus the lateness
+/// is at or below the watermark; a window is emitted once, when the watermark reaches
+/// its end plus the lateness, with the sum of its on-time records. This exercises the
+/// operator's fast path (records of the newest open window) and every way around it:
+/// older open windows, new windows, closed ones, a restored state.
+#[test]
+fn tumbling_matches_a_model_of_the_rules() {
+    use crate::event_time::UnixMillis;
+    use std::collections::BTreeMap;
+    let (size, lateness, delay) = (1_000i64, 700i64, 1_500i64);
+    let mut s = 0x2545_F491_4F6C_DD1Du64;
+    let mut rand = move |n: u64| {
+        s ^= s >> 12;
+        s ^= s << 25;
+        s ^= s >> 27;
+        s.wrapping_mul(0x9E37_79B9_7F4A_7C15) % n
+    };
+    let mut t = -3_000i64;
+    let input: Vec<(u8, i64, i64)> = (0..4_000)
+        .map(|i| {
+            t += rand(20) as i64;
+            // Mostly in order, some up to 3 s behind.
+            let at = if rand(5) == 0 {
+                t - rand(3_000) as i64
+            } else {
+                t
+            };
+            (rand(7) as u8, at, i)
+        })
+        .collect();
+
+    // The model.
+    let mut open: BTreeMap<(i64, u8), i64> = BTreeMap::new();
+    let mut expected: Vec<(u8, Window, i64)> = Vec::new();
+    let mut late = 0;
+    let mut wm = i64::MIN;
+    let close = |open: &mut BTreeMap<(i64, u8), i64>, out: &mut Vec<_>, wm: i64| {
+        open.retain(|&(start, k), v| {
+            let keep = wm == i64::MAX || start + size + lateness > wm;
+            if !keep || wm == i64::MAX {
+                let w = Window {
+                    start: DateTime::from_timestamp_millis(start).unwrap(),
+                    end: DateTime::from_timestamp_millis(start + size).unwrap(),
+                };
+                out.push((k, w, *v));
+            }
+            keep && wm != i64::MAX
+        });
+    };
+    let mut max = i64::MIN;
+    for &(k, at, v) in &input {
+        max = max.max(at);
+        wm = wm.max(max - delay);
+        close(&mut open, &mut expected, wm);
+        let start = at.div_euclid(size) * size;
+        if start + size + lateness <= wm {
+            late += 1;
+        } else {
+            *open.entry((start, k)).or_default() += v;
+        }
+    }
+    close(&mut open, &mut expected, i64::MAX);
+    expected.sort_by_key(|a| (a.0, a.1));
+    assert!(
+        late > 50 && expected.len() > 50,
+        "late {late}, results {}",
+        expected.len()
+    );
+
+    // The operator, restored into a fresh one halfway.
+    let value = |r: &(i64, i64)| r.1;
+    let new_op = || {
+        WindowAggregate::new(
+            Windows::tumbling(TimeDelta::milliseconds(size)),
+            |r: &(i64, i64)| UnixMillis(r.0),
+            Sum::of(value),
+        )
+        .allowed_lateness(TimeDelta::milliseconds(lateness))
+    };
+    let mut op = new_op();
+    let mut out = VecEmitter::new();
+    let mut max = i64::MIN;
+    for (i, &(k, at, v)) in input.iter().enumerate() {
+        if i == input.len() / 2 {
+            let snap = op.snapshot().unwrap();
+            op = new_op();
+            op.restore(snap).unwrap();
+        }
+        max = max.max(at);
+        op.on_watermark(
+            DateTime::from_timestamp_millis(max - delay).unwrap(),
+            &mut out,
+        );
+        op.process((k, (at, v)), &mut out);
+    }
+    op.on_watermark(DateTime::<Utc>::MAX_UTC, &mut out);
+    assert_eq!(out.dead_letters.len(), late);
+    assert_eq!(rows(&out), expected);
+    assert_eq!(op.open_windows(), 0);
+}
