@@ -9,45 +9,18 @@ use std::time::Duration;
 use batchstream::adapters::IterSource;
 use batchstream::checkpoint::MemoryCheckpointStore;
 use batchstream::lambda::{
-    Answer, BatchSink, Lambda, Layer, MemoryServingView, MemorySpeedStore, ServingView, SpeedStore,
+    Answer, Lambda, Layer, MemoryServingView, MemorySpeedStore, ServingView, SpeedStore,
 };
 use batchstream::testing::{ScriptedSource, Step};
-use batchstream::transform::{self, TransformExt};
-use batchstream::{BatchExecutor, Outcome, Pipeline, Source, StreamExecutor, Transform};
+use batchstream::{BatchExecutor, Outcome, Pipeline, StreamExecutor};
 
-/// A page view: (page, day).
-type View = (&'static str, &'static str);
+mod support;
+use support::lambda::{View, batch_pipeline, day1, speed_logic};
 
 type Counts = Lambda<String, String, u64>;
 
-fn speed_logic() -> impl Transform<In = View, Out = (String, String, u64)> {
-    transform::identity::<View>().map(|v: View| (v.0.to_string(), v.1.to_string(), 1u64))
-}
-
-fn batch_pipeline<S: Source<Item = View>>(
-    source: S,
-    sink: BatchSink<String, String, u64>,
-    store: MemoryCheckpointStore,
-) -> Pipeline<S, impl Transform<In = View, Out = (String, u64)>, BatchSink<String, String, u64>> {
-    let logic = transform::identity::<View>()
-        .key_by(|v: &View| v.0.to_string())
-        .fold(0u64, |n: &mut u64, _: View| *n += 1);
-    Pipeline::new("views-batch", source, logic, sink).with_checkpoint_store(store)
-}
-
 fn s(x: &str) -> String {
     x.to_string()
-}
-
-fn day1() -> Vec<View> {
-    vec![
-        ("home", "d1"),
-        ("cart", "d1"),
-        ("home", "d1"),
-        ("home", "d1"),
-        ("cart", "d1"),
-        ("faq", "d1"),
-    ]
 }
 
 #[tokio::test(start_paused = true)]

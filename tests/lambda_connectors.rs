@@ -14,16 +14,18 @@ use std::time::Duration;
 use batchstream::adapters::IterSource;
 use batchstream::connectors::postgres::{PgCheckpointStore, PgClient, PgServingView};
 use batchstream::connectors::redis::RedisSpeedStore;
-use batchstream::lambda::{Answer, BatchLookup, BatchSink, Lambda, Layer, ServingView, SpeedStore};
+use batchstream::lambda::{Answer, BatchLookup, Lambda, Layer, ServingView, SpeedStore};
 use batchstream::retry::RetryPolicy;
-use batchstream::transform::{self, TransformExt};
 use batchstream::{
     BatchExecutor, Boundedness, Error, Outcome, Pipeline, Result, Sink, Source, SourceBatch,
-    StreamExecutor, Transform,
+    StreamExecutor,
 };
 use redis::Commands;
 use serde::{Deserialize, Serialize};
+use support::lambda::{View, batch_pipeline, day1, speed_logic};
 use tokio_postgres::NoTls;
+
+mod support;
 
 const REDIS_URL: &str = "redis://127.0.0.1:6379";
 const REDIS_START: &str = "redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 --save \"\" --appendonly no --dir /var/lib/redis --logfile /var/log/redis/ci.log";
@@ -179,36 +181,7 @@ fn s(x: &str) -> String {
 // The Lambda on both servers
 // ---------------------------------------------------------------------------------
 
-/// A page view: (page, day).
-type View = (&'static str, &'static str);
-
 type Counts = Lambda<String, String, u64>;
-
-fn day1() -> Vec<View> {
-    vec![
-        ("home", "d1"),
-        ("cart", "d1"),
-        ("home", "d1"),
-        ("home", "d1"),
-        ("cart", "d1"),
-        ("faq", "d1"),
-    ]
-}
-
-fn speed_logic() -> impl Transform<In = View, Out = (String, String, u64)> {
-    transform::identity::<View>().map(|v: View| (v.0.to_string(), v.1.to_string(), 1u64))
-}
-
-fn batch_pipeline<S: Source<Item = View>>(
-    source: S,
-    sink: BatchSink<String, String, u64>,
-    store: PgCheckpointStore,
-) -> Pipeline<S, impl Transform<In = View, Out = (String, u64)>, BatchSink<String, String, u64>> {
-    let logic = transform::identity::<View>()
-        .key_by(|v: &View| v.0.to_string())
-        .fold(0u64, |n: &mut u64, _: View| *n += 1);
-    Pipeline::new("views-batch", source, logic, sink).with_checkpoint_store(store)
-}
 
 /// Writes increments through a speed sink, as the speed pipeline would.
 async fn bump(lambda: &Counts, deltas: Vec<(String, String, u64)>) {

@@ -16,6 +16,9 @@ use batchstream::{
 };
 use serde::{Deserialize, Serialize};
 
+mod support;
+use support::rows_filled;
+
 const URL: &str = "nats://127.0.0.1:4222";
 const START: &str = "start-stop-daemon --start --oknodo --background --exec /usr/sbin/nats-server -- -a 127.0.0.1 -p 4222 -js -sd /var/lib/nats-server -l /var/log/nats-server.log";
 
@@ -136,15 +139,6 @@ impl Drop for TestStream {
     }
 }
 
-async fn filled(table: UpsertTable<u64, String>, n: usize) {
-    let _ = tokio::time::timeout(Duration::from_secs(30), async {
-        while table.snapshot().len() < n {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await;
-}
-
 fn to_table(
     source: NatsSource<Rec>,
     table: &UpsertTable<u64, String>,
@@ -204,7 +198,7 @@ async fn a_stream_pipeline_checkpoints_acks_and_resumes_without_loss() {
     let r1 = StreamExecutor::new()
         .max_batch(8)
         .checkpoint_every_records(16)
-        .run_until(p, filled(table.clone(), 50))
+        .run_until(p, rows_filled(table.clone(), 50, Duration::from_secs(30)))
         .await
         .unwrap();
     assert_eq!(r1.outcome, Outcome::Stopped);
@@ -215,7 +209,7 @@ async fn a_stream_pipeline_checkpoints_acks_and_resumes_without_loss() {
     let p = to_table(s.source("c1"), &table, "resume").with_checkpoint_store(store.clone());
     let r2 = StreamExecutor::new()
         .max_batch(8)
-        .run_until(p, filled(table.clone(), 70))
+        .run_until(p, rows_filled(table.clone(), 70, Duration::from_secs(30)))
         .await
         .unwrap();
     assert!(r2.resumed_from_epoch.is_some());

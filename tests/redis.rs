@@ -19,6 +19,9 @@ use batchstream::{
 use redis::Commands;
 use serde::{Deserialize, Serialize};
 
+mod support;
+use support::rows_filled;
+
 const URL: &str = "redis://127.0.0.1:6379";
 const START: &str = "redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 --save \"\" --appendonly no --dir /var/lib/redis --logfile /var/log/redis/ci.log";
 
@@ -110,16 +113,6 @@ fn expected(ids: impl IntoIterator<Item = u64>) -> BTreeMap<u64, String> {
     ids.into_iter().map(|i| (i, format!("v{i}"))).collect()
 }
 
-/// Resolves once `table` holds `n` keys, or after `limit` (the assertions then fail).
-async fn filled(table: UpsertTable<u64, String>, n: usize, limit: Duration) {
-    let _ = tokio::time::timeout(limit, async {
-        while table.snapshot().len() < n {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await;
-}
-
 fn pipeline_to_table(
     source: RedisStreamSource<Rec>,
     table: &UpsertTable<u64, String>,
@@ -193,7 +186,7 @@ async fn a_stream_pipeline_checkpoints_acks_and_resumes_without_loss() {
     let r1 = StreamExecutor::new()
         .max_batch(8)
         .checkpoint_every_records(16)
-        .run_until(p, filled(table.clone(), 50, Duration::from_secs(30)))
+        .run_until(p, rows_filled(table.clone(), 50, Duration::from_secs(30)))
         .await
         .unwrap();
     assert_eq!(r1.outcome, Outcome::Stopped);
@@ -210,7 +203,7 @@ async fn a_stream_pipeline_checkpoints_acks_and_resumes_without_loss() {
     let p = pipeline_to_table(source, &table, "resume").with_checkpoint_store(store.clone());
     let r2 = StreamExecutor::new()
         .max_batch(8)
-        .run_until(p, filled(table.clone(), 70, Duration::from_secs(30)))
+        .run_until(p, rows_filled(table.clone(), 70, Duration::from_secs(30)))
         .await
         .unwrap();
     assert!(r2.resumed_from_epoch.is_some());
@@ -563,7 +556,7 @@ async fn killed_connections_mid_run_are_retried_and_the_output_is_exact() {
         .checkpoint_every_records(100)
         .run_until(
             p,
-            filled(table.clone(), N as usize, Duration::from_secs(60)),
+            rows_filled(table.clone(), N as usize, Duration::from_secs(60)),
         )
         .await
         .unwrap();
